@@ -1,0 +1,164 @@
+"""Class-name lists and per-class description files (the text side of every dataset).
+
+* ``datasets/classnames/<key>.txt``: the class names a reader produces, in label order, one per line.
+* ``datasets/descriptions/<key>.json``: ``{classname: [sentences]}`` (the CuPL format); any CuPL-style
+  file can be loaded with :func:`load_descriptions`, also when its keys are spelled slightly differently.
+
+No torch at import: tools and tests use this module without loading a model.
+"""
+import json
+import os
+import os.path as osp
+import re
+
+from toolbox.errors import UserError
+
+HERE = osp.dirname(osp.abspath(__file__))
+CLASSNAMES_DIR = osp.join(HERE, "classnames")
+DESCRIPTIONS_DIR = osp.join(HERE, "descriptions")
+
+# The config key that points at a description file (train.py:extend_cfg); named in error messages.
+DESCRIPTIONS_KEY = "DATASET.DESCRIPTIONS"
+
+
+def classnames_path(key):
+    return osp.join(CLASSNAMES_DIR, key + ".txt")
+
+
+def default_descriptions_path(key):
+    """The description file we ship for dataset ``key`` (it may not exist yet)."""
+    return osp.join(DESCRIPTIONS_DIR, key + ".json")
+
+
+def available_classname_keys():
+    """Dataset keys that have a class-name list, sorted."""
+    if not osp.isdir(CLASSNAMES_DIR):
+        return []
+    return sorted(f[: -len(".txt")] for f in os.listdir(CLASSNAMES_DIR) if f.endswith(".txt"))
+
+
+def display_name(classname):
+    """The name as written in a sentence: ``sea_horse`` -> ``sea horse``."""
+    return classname.replace("_", " ")
+
+
+def normalize_name(name):
+    """Spelling-insensitive form used to match description keys: case, ``_``, ``-`` and spaces unified."""
+    return " ".join(re.sub(r"[_\-\s]+", " ", name).lower().split())
+
+
+def read_classnames_file(path):
+    """Read a class-name list (one name per line, label order). Blank lines and duplicates are errors."""
+    if not osp.isfile(path):
+        raise UserError("class-name list {} does not exist; create it with one class name per line".format(path))
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    while lines and lines[-1].strip() == "":
+        lines.pop()
+    names = [line.rstrip("\r") for line in lines]
+    seen = set()
+    for i, name in enumerate(names, 1):
+        if not name.strip():
+            raise UserError("{} line {}: empty class name; remove the blank line".format(path, i))
+        if name != name.strip():
+            raise UserError("{} line {}: class name {!r} has leading/trailing spaces; strip them".format(path, i, name))
+        if name in seen:
+            raise UserError("{} line {}: class name {!r} appears twice; each class once".format(path, i, name))
+        seen.add(name)
+    if not names:
+        raise UserError("class-name list {} is empty; write one class name per line".format(path))
+    return names
+
+
+def read_classnames(key):
+    """The class names of dataset ``key`` in label order, from ``datasets/classnames/<key>.txt``."""
+    path = classnames_path(key)
+    if not osp.isfile(path):
+        have = ", ".join(available_classname_keys()) or "none"
+        raise UserError(
+            "no class-name list for dataset '{}': {} does not exist (available: {})".format(key, path, have)
+        )
+    return read_classnames_file(path)
+
+
+def read_description_json(path):
+    """Parse a description file into a dict, with one-line errors for a missing file or bad JSON."""
+    if not osp.isfile(path):
+        raise UserError(
+            "description file {} does not exist; fix {} (empty = the shipped datasets/descriptions/<dataset>.json)".format(
+                path, DESCRIPTIONS_KEY
+            )
+        )
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            "description file {} is not valid JSON (line {}, column {}: {}); fix the file".format(
+                path, exc.lineno, exc.colno, exc.msg
+            )
+        ) from None
+    if not isinstance(data, dict):
+        raise UserError(
+            "description file {} must hold a JSON object {{classname: [sentences]}}, not a {}".format(
+                path, type(data).__name__
+            )
+        )
+    for name, sentences in data.items():
+        if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
+            raise UserError(
+                "description file {}: class {!r} must map to a list of strings (sentences), got {}".format(
+                    path, name, _describe(sentences)
+                )
+            )
+    return data
+
+
+def _describe(value):
+    if isinstance(value, list):
+        bad = next(v for v in value if not isinstance(v, str))
+        return "a list containing a {}".format(type(bad).__name__)
+    return "a {}".format(type(value).__name__)
+
+
+def load_descriptions(path, classnames):
+    """Sentences per class, in label order: a list (one entry per class) of lists of strings.
+
+    Keys are matched exactly first, then by :func:`normalize_name`, so CuPL files whose keys differ in
+    case, ``_``/``-``/space load unchanged. Extra keys are ignored; blank sentences are dropped.
+    """
+    data = read_description_json(path)
+    by_norm = {}
+    for name in data:
+        by_norm.setdefault(normalize_name(name), []).append(name)
+
+    result, missing = [], []
+    for cname in classnames:
+        if cname in data:
+            key = cname
+        else:
+            candidates = by_norm.get(normalize_name(cname), [])
+            if len(candidates) > 1:
+                raise UserError(
+                    "description file {}: class {!r} matches several keys ({}) once case, '_', '-' and spaces "
+                    "are ignored; keep one of them".format(path, cname, ", ".join(repr(c) for c in candidates))
+                )
+            if not candidates:
+                missing.append(cname)
+                continue
+            key = candidates[0]
+        sentences = [s for s in data[key] if s.strip()]
+        if not sentences:
+            raise UserError(
+                "description file {}: class {!r} has no sentences (empty list); add at least one".format(path, key)
+            )
+        result.append(sentences)
+
+    if missing:
+        raise UserError(
+            "description file {} lacks {} of {} classes (first {}: {}); add them or fix {}".format(
+                path, len(missing), len(classnames), min(10, len(missing)), ", ".join(missing[:10]), DESCRIPTIONS_KEY
+            )
+        )
+    return result
