@@ -1,0 +1,196 @@
+"""CoOp-style entry point: build the config, the trainer, then train and/or test.
+
+    python train.py --root DATA --seed 1 --trainer FAIR \
+        --dataset-config-file configs/datasets/stanford_cars.yaml \
+        --config-file configs/trainers/FAIR/vit_b32.yaml \
+        --output-dir output/stanford_cars/FAIR/vit_b32/seed1 [KEY VALUE ...]
+
+Config merge order (as in CoOp): defaults + extend_cfg, dataset YAML, method YAML, command-line
+arguments, trailing KEY VALUE pairs. Unknown keys fail with a message naming the key.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+import torch
+
+from toolbox import (
+    BACKEND, DASSL_IMPORT_ERROR, UserError, build_trainer, collect_env_info, get_cfg_default,
+    set_random_seed, setup_logger,
+)
+
+import datasets  # noqa: F401  (registers the dataset readers)
+import trainers  # noqa: F401  (registers the trainers)
+
+
+def print_args(args, cfg):
+    print("***************")
+    print("** Arguments **")
+    print("***************")
+    for key in sorted(args.__dict__):
+        print("{}: {}".format(key, args.__dict__[key]))
+    print("************")
+    print("** Config **")
+    print("************")
+    print(cfg)
+
+
+def reset_cfg(cfg, args):
+    """Map command-line arguments onto config keys (each only when given, as in CoOp)."""
+    if args.root:
+        cfg.DATASET.ROOT = args.root
+    if args.output_dir:
+        cfg.OUTPUT_DIR = args.output_dir
+    if args.resume:
+        cfg.RESUME = args.resume
+    if args.seed is not None and args.seed >= 0:
+        cfg.SEED = args.seed
+    if args.source_domains:
+        cfg.DATASET.SOURCE_DOMAINS = args.source_domains
+    if args.target_domains:
+        cfg.DATASET.TARGET_DOMAINS = args.target_domains
+    if args.transforms:
+        cfg.INPUT.TRANSFORMS = args.transforms
+    if args.trainer:
+        cfg.TRAINER.NAME = args.trainer
+    if args.backbone:
+        cfg.MODEL.BACKBONE.NAME = args.backbone
+    if args.head:
+        cfg.MODEL.HEAD.NAME = args.head
+
+
+def extend_cfg(cfg):
+    """Add the keys of this project (dataset/model level here, per-trainer keys in each trainer)."""
+    from yacs.config import CfgNode as CN
+
+    cfg.DATASET.SUBSAMPLE_CLASSES = "all"  # all, base or new (CoOp's base-to-new protocol)
+    # Per-class description file ({classname: [sentences]}, CuPL format). Empty: ours, shipped in
+    # datasets/descriptions/<dataset key>.json.
+    cfg.DATASET.DESCRIPTIONS = ""
+    # Class-name prompts: "ensemble" (the dataset's template list), "single" ("a photo of a {}."),
+    # or a path to a JSON list of templates containing "{}".
+    cfg.DATASET.TEMPLATES = "ensemble"
+    # Fraction of a split's images that may be unreadable (skipped and counted) before the run fails.
+    cfg.DATASET.MAX_UNREADABLE = 0.01
+
+    cfg.MODEL.BACKBONE.PATH = ""  # local CLIP file (JIT archive or state dict); overrides NAME
+    cfg.MODEL.BACKBONE.DOWNLOAD_ROOT = ""  # where named weights are downloaded; "" = ~/.cache/clip
+    cfg.MODEL.TEXT_CACHE_DIR = ""  # text-feature cache; "" = $FAIRCLIP_CACHE or ~/.cache/fairclip/text
+
+    cfg.TRAINER.WRITE_RESULTS = True  # write results.json after the final test
+    if "RUN" not in cfg:
+        cfg.RUN = CN()
+    cfg.RUN.CFG_NAME = ""  # config name recorded in results.json (scripts set it)
+
+    trainers.add_trainer_configs(cfg)
+
+
+def _merge_file(cfg, path, what):
+    if not path:
+        return
+    if not osp.isfile(path):
+        raise UserError("{} '{}' does not exist; check the path".format(what, path))
+    try:
+        cfg.merge_from_file(path)
+    except (KeyError, AssertionError, ValueError) as exc:
+        raise UserError("{} '{}': {}".format(what, path, _yacs_message(exc))) from exc
+
+
+def _yacs_message(exc):
+    msg = str(exc.args[0]) if exc.args else str(exc)
+    if "Non-existent config key" in msg:
+        key = msg.split(":", 1)[1].strip()
+        return "unknown config key '{}' (check the spelling; keys are listed in the config dump of any run log)".format(key)
+    return msg
+
+
+def setup_cfg(args):
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    _merge_file(cfg, args.dataset_config_file, "dataset config file")
+    _merge_file(cfg, args.config_file, "method config file")
+    reset_cfg(cfg, args)
+    if len(args.opts) % 2 != 0:
+        raise UserError(
+            "command-line overrides must be KEY VALUE pairs, got an odd number of items: {}".format(args.opts)
+        )
+    try:
+        cfg.merge_from_list(args.opts)
+    except (KeyError, AssertionError, ValueError) as exc:
+        raise UserError("command-line override: {}".format(_yacs_message(exc))) from exc
+    if not cfg.RUN.CFG_NAME and args.config_file:
+        cfg.RUN.CFG_NAME = osp.splitext(osp.basename(args.config_file))[0]
+    cfg.freeze()
+    return cfg
+
+
+def main(args):
+    cfg = setup_cfg(args)
+    if cfg.SEED >= 0:
+        print("Setting fixed seed: {}".format(cfg.SEED))
+        set_random_seed(cfg.SEED)
+    setup_logger(cfg.OUTPUT_DIR)
+
+    if torch.cuda.is_available() and cfg.USE_CUDA:
+        # Deterministic algorithms are not forced on GPU (speed); CPU runs are reproducible.
+        torch.backends.cudnn.benchmark = True
+
+    print("Toolbox backend: {}{}".format(
+        BACKEND, "" if BACKEND == "dassl" or not DASSL_IMPORT_ERROR else " (dassl not importable: {})".format(DASSL_IMPORT_ERROR)
+    ))
+    print_args(args, cfg)
+    print("Collecting env info ...")
+    print("** System info **\n{}\n".format(collect_env_info()))
+
+    trainer = build_trainer(cfg)
+
+    if args.eval_only:
+        if not args.model_dir and trainer.get_model_names():
+            raise UserError("--eval-only needs --model-dir pointing at a finished run's output folder")
+        trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        trainer.test()
+        return
+
+    if not args.no_train:
+        trainer.train()
+
+
+def build_parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", type=str, default="", help="path to dataset")
+    parser.add_argument("--output-dir", type=str, default="", help="output directory")
+    parser.add_argument("--resume", type=str, default="", help="checkpoint directory (from which the training resumes)")
+    parser.add_argument("--seed", type=int, default=-1, help="only positive value enables a fixed seed")
+    parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
+    parser.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
+    parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
+    parser.add_argument("--config-file", type=str, default="", help="path to config file")
+    parser.add_argument("--dataset-config-file", type=str, default="", help="path to config file for dataset setup")
+    parser.add_argument("--trainer", type=str, default="", help="name of trainer")
+    parser.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
+    parser.add_argument("--head", type=str, default="", help="name of head")
+    parser.add_argument("--eval-only", action="store_true", help="evaluation only")
+    parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
+    parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
+    parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="modify config options using the command-line")
+    return parser
+
+
+def cli(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        main(args)
+    except UserError as exc:
+        # One clear line, no traceback: on stderr, and in log.txt when the run log is open.
+        log = getattr(sys.stdout, "file", None)
+        if log is not None:
+            log.write("ERROR: {}\n".format(exc))
+            log.flush()
+        sys.stderr.write("ERROR: {}\n".format(exc))
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()
