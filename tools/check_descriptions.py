@@ -92,7 +92,8 @@ def sentence_problems(sentence, classname, rule):
     return found
 
 
-def _dedup_key(sentence):
+def dedup_key(sentence):
+    """Form under which two sentences count as duplicates (case, spacing and a final full stop ignored)."""
     return " ".join(sentence.lower().split()).rstrip(".")
 
 
@@ -130,7 +131,7 @@ def check_data(data, classnames, min_sentences=MIN_SENTENCES):
                 problems.append("class {!r} sentence {}: {}: {!r}".format(cname, i, why, s))
             if not s.strip():
                 continue
-            key = _dedup_key(s)
+            key = dedup_key(s)
             if key in seen:
                 other, j = seen[key]
                 where = "sentence {}".format(j) if other == cname else "class {!r} sentence {}".format(other, j)
