@@ -1,0 +1,31 @@
+"""Zero-shot CLIP: classify with the class-name template embeddings (no training).
+
+``DATASET.TEMPLATES`` picks the prompts: the dataset's template ensemble (default), the single
+"a photo of a {}." or a JSON list of templates. Run with ``--eval-only``.
+"""
+from yacs.config import CfgNode as CN
+
+from toolbox import TRAINER_REGISTRY
+
+from ._clip_base import ClipTrainer
+
+
+def add_config(cfg):
+    cfg.TRAINER.ZSCLIP = CN()
+    cfg.TRAINER.ZSCLIP.PREC = "fp32"  # fp32 or bf16 (autocast) for the image tower
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP(ClipTrainer):
+    CFG_NODE = "ZSCLIP"
+
+    def build_method(self):
+        self.class_weights = self.build_classifier()  # [K, D], L2-normalised
+        # CLIP's learned temperature (100 for OpenAI weights); argmax does not depend on it.
+        self.logit_scale = self.clip_model.logit_scale.exp().item()
+
+    def build_classifier(self):
+        return self.template_classifier()
+
+    def model_inference(self, images):
+        return self.logit_scale * self.encode_images(images) @ self.class_weights.t()
