@@ -99,7 +99,7 @@ def _merge_file(cfg, path, what):
 
 def _yacs_message(exc):
     msg = str(exc.args[0]) if exc.args else str(exc)
-    if "Non-existent config key" in msg:
+    if "Non-existent" in msg:  # yacs: "Non-existent config key: X" (files) / "Non-existent key: X" (lists)
         key = msg.split(":", 1)[1].strip()
         return "unknown config key '{}' (check the spelling; keys are listed in the config dump of any run log)".format(key)
     return msg

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny CLIP checkpoints and isolated caches. CPU only, no network."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Tests run the built-in engine unless a run asks for Dassl explicitly, never touch the user's caches,
+# and cannot reach the network by accident (named CLIP downloads go to a dead local proxy).
+os.environ.setdefault("TOOLBOX", "builtin")
+os.environ["HTTP_PROXY"] = os.environ["HTTPS_PROXY"] = "http://127.0.0.1:9"
+os.environ["http_proxy"] = os.environ["https_proxy"] = "http://127.0.0.1:9"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("fairclip-cache")
+    os.environ["FAIRCLIP_CACHE"] = str(cache)
+    yield cache
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """Path of a tiny random CLIP saved as a state dict (input resolution 224, patch 32)."""
+    from tools.make_tiny_clip import save_tiny_clip
+
+    return save_tiny_clip(str(tmp_path_factory.mktemp("clip") / "tiny_clip.pt"), "state_dict")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_jit(tmp_path_factory):
+    """The same tiny CLIP saved as a TorchScript archive (OpenAI's published format)."""
+    from tools.make_tiny_clip import save_tiny_clip
+
+    return save_tiny_clip(str(tmp_path_factory.mktemp("clip") / "tiny_clip_jit.pt"), "jit")
+
+
+def run_cli(args, env=None, cwd=REPO, timeout=600):
+    """Run a command of the project (e.g. ``[sys.executable, "train.py", ...]``) in a subprocess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env.setdefault("PYTHONPATH", REPO)
+    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def train_py(*args, env=None):
+    return run_cli([sys.executable, os.path.join(REPO, "train.py"), *map(str, args)], env=env)
