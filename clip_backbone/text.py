@@ -73,9 +73,3 @@ def description_bank(model, descriptions, fingerprint, cache_dir=""):
         mask[i, :len(sents)] = True
         start += len(sents)
     return emb, mask
-
-
-def masked_mean(emb, mask, weights=None):
-    """Normalised (optionally weighted) mean over the description axis: ``[K, M, D] -> [K, D]``."""
-    w = mask.float() if weights is None else weights * mask.float()
-    return F.normalize((emb * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-12), dim=-1)

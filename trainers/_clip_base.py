@@ -67,6 +67,7 @@ class ClipTrainer(TrainerX):
         dm = DataManager(
             self.cfg,
             custom_tfm_train=self.custom_train_transform(),
+            custom_tfm_test=self.custom_test_transform(),
             dataset_wrapper=SkipUnreadableWrapper,
         )
         self.train_loader_x = dm.train_loader_x
@@ -80,6 +81,10 @@ class ClipTrainer(TrainerX):
 
     def custom_train_transform(self):
         """A transform (or list of transforms) for the train loader; None = ``build_transform``."""
+        return None
+
+    def custom_test_transform(self):
+        """A transform (or list) for the val/test loaders; None = CLIP's resize + center crop."""
         return None
 
     def build_model(self):

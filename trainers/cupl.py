@@ -5,16 +5,12 @@ The descriptions come from ``DATASET.DESCRIPTIONS`` (ours by default; any CuPL-f
 class-name template embedding, ``linear`` (normalised cosine) or ``softmax`` (softmax of e^2 * cosine).
 ``TRAINER.CUPL.ADD_TEMPLATES`` also averages in the template embeddings (CuPL's "full" ensemble).
 """
-import math
-
-import torch
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
-from clip_backbone import masked_mean
 from toolbox import TRAINER_REGISTRY
-from toolbox.errors import UserError
 
+from ._alignment import description_prototypes, description_weights
 from .zsclip import ZeroshotCLIP
 
 
@@ -25,20 +21,6 @@ def add_config(cfg):
     cfg.TRAINER.CUPL.ADD_TEMPLATES = False
 
 
-def description_weights(desc_emb, desc_mask, anchor, rule):
-    """Weights ``[K, M]`` of each class's descriptions given a per-class anchor embedding ``[K, D]``."""
-    mask = desc_mask.float()
-    if rule == "mean":
-        return mask
-    sim = torch.einsum("kmd,kd->km", desc_emb, anchor)
-    if rule == "linear":
-        w = sim.clamp_min(0) * mask
-        return w / w.sum(1, keepdim=True).clamp_min(1e-12)
-    if rule == "softmax":
-        return torch.softmax((math.e ** 2) * sim.masked_fill(~desc_mask, float("-inf")), dim=1)
-    raise UserError("TRAINER.CUPL.WEIGHTING={!r} is not one of mean, linear, softmax".format(rule))
-
-
 @TRAINER_REGISTRY.register()
 class CuPL(ZeroshotCLIP):
     CFG_NODE = "CUPL"
@@ -47,8 +29,7 @@ class CuPL(ZeroshotCLIP):
         node = self.cfg.TRAINER.CUPL
         emb, mask = self.description_bank()
         anchor = self.template_classifier() if (node.WEIGHTING != "mean" or node.ADD_TEMPLATES) else None
-        weights = description_weights(emb, mask, anchor, node.WEIGHTING)
-        classifier = masked_mean(emb, mask, weights)
+        classifier = description_prototypes(emb, mask, description_weights(emb, mask, anchor, node.WEIGHTING))
         if node.ADD_TEMPLATES:
             n_desc = mask.sum(1, keepdim=True).float()
             n_tmpl = float(len(self.templates()))

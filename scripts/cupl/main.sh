@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# CuPL over seeds: bash scripts/cupl/main.sh DATASET [KEY VALUE ...]   (env: DATA, SEEDS, OUTPUT, CFG)
+exec "$(dirname "${BASH_SOURCE[0]}")/../run_seeds.sh" CuPL eval "$@"

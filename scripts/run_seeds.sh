@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Shared runner behind scripts/<method>/main.sh: one train.py run per seed.
+#
+#   scripts/run_seeds.sh TRAINER MODE DATASET [KEY VALUE ...]
+#     TRAINER  registered trainer name (FAIR, ZeroshotCLIP, ...)
+#     MODE     "train" (train then final test) or "eval" (--eval-only: training-free methods)
+#     DATASET  a config stem of configs/datasets/ (stanford_cars, dtd, ...)
+#   env: DATA (dataset root, default ./data), SEEDS (default "1 2 3"), OUTPUT (default ./output),
+#        CFG (method config under configs/trainers/TRAINER/, default vit_b32), PYTHON (default python)
+#
+# Output: $OUTPUT/$DATASET/$TRAINER/$CFG/seed$SEED/ (log.txt, config, checkpoints, results.json).
+# A seed whose results.json exists is skipped; an unfinished one resumes from its last checkpoint.
+set -euo pipefail
+
+if [ $# -lt 3 ]; then
+  echo "usage: $0 TRAINER train|eval DATASET [KEY VALUE ...]" >&2
+  exit 2
+fi
+TRAINER=$1; MODE=$2; DATASET=$3; shift 3
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA=${DATA:-./data}
+SEEDS=${SEEDS:-"1 2 3"}
+OUTPUT=${OUTPUT:-./output}
+CFG=${CFG:-vit_b32}
+PYTHON=${PYTHON:-python}
+
+DATASET_CFG="$REPO/configs/datasets/$DATASET.yaml"
+METHOD_CFG="$REPO/configs/trainers/$TRAINER/$CFG.yaml"
+if [ ! -f "$DATASET_CFG" ]; then
+  echo "ERROR: unknown dataset '$DATASET': $DATASET_CFG does not exist (choose one of: $(ls "$REPO/configs/datasets" | sed 's/\.yaml$//' | tr '\n' ' '))" >&2
+  exit 2
+fi
+if [ ! -f "$METHOD_CFG" ]; then
+  echo "ERROR: no config '$CFG' for $TRAINER: $METHOD_CFG does not exist (set CFG to one of: $(ls "$REPO/configs/trainers/$TRAINER" | sed 's/\.yaml$//' | tr '\n' ' '))" >&2
+  exit 2
+fi
+case "$MODE" in
+  train) MODE_ARGS=() ;;
+  eval) MODE_ARGS=(--eval-only) ;;
+  *) echo "ERROR: MODE must be train or eval, got '$MODE'" >&2; exit 2 ;;
+esac
+
+for SEED in $SEEDS; do
+  DIR="$OUTPUT/$DATASET/$TRAINER/$CFG/seed$SEED"
+  if [ -f "$DIR/results.json" ]; then
+    echo "[$TRAINER $DATASET seed$SEED] finished earlier ($DIR/results.json); skipping"
+    continue
+  fi
+  if [ -d "$DIR" ]; then
+    echo "[$TRAINER $DATASET seed$SEED] unfinished run in $DIR; resuming"
+  else
+    echo "[$TRAINER $DATASET seed$SEED] -> $DIR"
+  fi
+  "$PYTHON" "$REPO/train.py" \
+    --root "$DATA" \
+    --seed "$SEED" \
+    --trainer "$TRAINER" \
+    --dataset-config-file "$DATASET_CFG" \
+    --config-file "$METHOD_CFG" \
+    --output-dir "$DIR" \
+    "${MODE_ARGS[@]}" \
+    RUN.CFG_NAME "$CFG" \
+    "$@"
+done
