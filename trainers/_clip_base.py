@@ -244,6 +244,21 @@ class ClipTrainer(TrainerX):
                 self.write_scalar("epoch/" + k, v, self.epoch + 1)
 
 
+def visual_layernorms(clip_model):
+    """The LayerNorm modules of CLIP's image tower (ln_pre, ln_1/ln_2 of every block, ln_post)."""
+    return [m for m in clip_model.visual.modules() if isinstance(m, nn.LayerNorm)]
+
+
+def unfreeze_visual_layernorms(clip_model):
+    """Make only the visual LayerNorms trainable; returns their parameters."""
+    for p in clip_model.parameters():
+        p.requires_grad_(False)
+    params = [p for m in visual_layernorms(clip_model) for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
 def peak_memory_mb(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
