@@ -5,8 +5,8 @@
         --config-file configs/trainers/FAIR/vit_b32.yaml \
         --output-dir output/stanford_cars/FAIR/vit_b32/seed1 [KEY VALUE ...]
 
-Config merge order (as in CoOp): defaults + extend_cfg, dataset YAML, method YAML, command-line
-arguments, trailing KEY VALUE pairs. Unknown keys fail with a message naming the key.
+Config merge order (as in CoOp): defaults + extend_cfg, dataset YAML, method YAML (then any
+--extra-config-file, e.g. a per-dataset override), command-line arguments, trailing KEY VALUE pairs. Unknown keys fail with a message naming the key.
 """
 import argparse
 import os
@@ -82,6 +82,7 @@ def extend_cfg(cfg):
     if "RUN" not in cfg:
         cfg.RUN = CN()
     cfg.RUN.CFG_NAME = ""  # config name recorded in results.json (scripts set it)
+    cfg.RUN.CONFIG_FILES = []  # every YAML merged into this run, in order (filled by setup_cfg)
 
     trainers.add_trainer_configs(cfg)
 
@@ -108,8 +109,12 @@ def _yacs_message(exc):
 def setup_cfg(args):
     cfg = get_cfg_default()
     extend_cfg(cfg)
-    _merge_file(cfg, args.dataset_config_file, "dataset config file")
-    _merge_file(cfg, args.config_file, "method config file")
+    merged = []
+    for path, what in [(args.dataset_config_file, "dataset config file"), (args.config_file, "method config file")] + [
+            (p, "extra config file") for p in (args.extra_config_file or [])]:
+        if path:
+            _merge_file(cfg, path, what)
+            merged.append(path)
     reset_cfg(cfg, args)
     if len(args.opts) % 2 != 0:
         raise UserError(
@@ -121,6 +126,7 @@ def setup_cfg(args):
         raise UserError("command-line override: {}".format(_yacs_message(exc))) from exc
     if not cfg.RUN.CFG_NAME and args.config_file:
         cfg.RUN.CFG_NAME = osp.splitext(osp.basename(args.config_file))[0]
+    cfg.RUN.CONFIG_FILES = merged
     cfg.freeze()
     return cfg
 
@@ -167,6 +173,8 @@ def build_parser():
     parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
     parser.add_argument("--config-file", type=str, default="", help="path to config file")
     parser.add_argument("--dataset-config-file", type=str, default="", help="path to config file for dataset setup")
+    parser.add_argument("--extra-config-file", type=str, action="append",
+                        help="YAML merged after --config-file (e.g. a per-dataset override); repeatable")
     parser.add_argument("--trainer", type=str, default="", help="name of trainer")
     parser.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
     parser.add_argument("--head", type=str, default="", help="name of head")

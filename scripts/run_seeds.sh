@@ -9,6 +9,7 @@
 #        CFG (method config under configs/trainers/TRAINER/, default vit_b32), PYTHON (default python)
 #
 # Output: $OUTPUT/$DATASET/$TRAINER/$CFG/seed$SEED/ (log.txt, config, checkpoints, results.json).
+# configs/trainers/TRAINER/per_dataset/DATASET.yaml, when present, is merged after the method config.
 # A seed whose results.json exists is skipped; an unfinished one resumes from its last checkpoint.
 set -euo pipefail
 
@@ -34,6 +35,14 @@ if [ ! -f "$METHOD_CFG" ]; then
   echo "ERROR: no config '$CFG' for $TRAINER: $METHOD_CFG does not exist (set CFG to one of: $(ls "$REPO/configs/trainers/$TRAINER" | sed 's/\.yaml$//' | tr '\n' ' '))" >&2
   exit 2
 fi
+# A per-dataset override of the method config, when the method ships one, is merged after it.
+EXTRA_ARGS=()
+OVERRIDE="$REPO/configs/trainers/$TRAINER/per_dataset/$DATASET.yaml"
+if [ -f "$OVERRIDE" ]; then
+  EXTRA_ARGS=(--extra-config-file "$OVERRIDE")
+  echo "[$TRAINER $DATASET] per-dataset override: $OVERRIDE"
+fi
+
 case "$MODE" in
   train) MODE_ARGS=() ;;
   eval) MODE_ARGS=(--eval-only) ;;
@@ -57,6 +66,7 @@ for SEED in $SEEDS; do
     --trainer "$TRAINER" \
     --dataset-config-file "$DATASET_CFG" \
     --config-file "$METHOD_CFG" \
+    "${EXTRA_ARGS[@]}" \
     --output-dir "$DIR" \
     "${MODE_ARGS[@]}" \
     RUN.CFG_NAME "$CFG" \

@@ -24,8 +24,9 @@ from clip_backbone import description_bank, load_clip_from_cfg, template_classif
 from datasets.common import SkipUnreadableWrapper
 from datasets.templates import get_templates
 from datasets.texts import default_descriptions_path, load_descriptions
-from toolbox import DataManager, TrainerX, load_checkpoint
+from toolbox import DataManager, TrainerX, load_checkpoint, read_json
 from toolbox.errors import UserError
+from toolbox.io import atomic_write_json
 
 from ._results import build_results, write_results
 
@@ -187,6 +188,8 @@ class ClipTrainer(TrainerX):
     def test(self, split=None):
         """Evaluate and return the accuracy; the final test (``split`` None) also writes results.json."""
         evaluation = self.evaluate(split)
+        if split is None and self.history and "test_acc" not in self.history[-1]:
+            self.history[-1]["test_acc"] = evaluation["results"]["accuracy"]  # the last epoch's test
         if split is None and self.cfg.TRAINER.WRITE_RESULTS:
             self.write_results(evaluation)
         return list(evaluation["results"].values())[0]
@@ -232,12 +235,22 @@ class ClipTrainer(TrainerX):
             self.loaded_epoch = checkpoint.get("epoch")
 
     # ------------------------------------------------------------------ logging
+    def history_path(self):
+        return osp.join(self.cfg.OUTPUT_DIR, "history.json")
+
+    def before_train(self):
+        super().before_train()
+        # A resumed run keeps the per-epoch records of the epochs it does not redo.
+        if self.start_epoch > 0 and osp.isfile(self.history_path()):
+            self.history = [r for r in read_json(self.history_path()) if r.get("epoch", 0) <= self.start_epoch]
+
     def log_epoch(self, record):
         """Print one line per epoch and keep it for results.json (``history``) and TensorBoard."""
         record = dict(record, epoch=self.epoch + 1)
         self.history.append(record)
+        atomic_write_json(self.history, self.history_path())
         print("epoch {} summary: ".format(self.epoch + 1) + " ".join(
-            "{}={:.4f}".format(k, v) if isinstance(v, float) else "{}={}".format(k, v)
+            "{}={:.4g}".format(k, v) if isinstance(v, float) else "{}={}".format(k, v)
             for k, v in record.items() if k != "epoch"))
         for k, v in record.items():
             if isinstance(v, (int, float)) and k != "epoch":

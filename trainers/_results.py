@@ -36,6 +36,7 @@ def build_results(trainer, evaluation):
         "dataset_key": trainer.dataset_key,
         "trainer": cfg.TRAINER.NAME,
         "cfg": cfg.RUN.CFG_NAME,
+        "config_files": list(cfg.RUN.CONFIG_FILES),
         "seed": cfg.SEED,
         "backbone": trainer.clip_info["source"],
         "backbone_fingerprint": trainer.clip_info["fingerprint"],
