@@ -311,12 +311,16 @@ def folder_entries(image_dir, name, ignored=(), new_cnames=None):
 
 
 # --------------------------------------------------------------------------- base-to-new subsampling
+def check_subsample(subsample):
+    if subsample not in ("all", "base", "new"):
+        raise UserError("{} = {!r} is not one of all, base, new".format(SUBSAMPLE_KEY, subsample))
+    return subsample
+
+
 def subsample_classes(*splits, subsample="all"):
     """CoOp's base-to-new protocol: "all" keeps everything; "base"/"new" keep the first/second half
     (ceil(n/2)) of the sorted train labels and relabel them from 0."""
-    if subsample not in ("all", "base", "new"):
-        raise UserError("{} = {!r} is not one of all, base, new".format(SUBSAMPLE_KEY, subsample))
-    if subsample == "all":
+    if check_subsample(subsample) == "all":
         return splits
     labels = sorted({item.label for item in splits[0]})
     m = math.ceil(len(labels) / 2)
@@ -414,8 +418,7 @@ class SplitJsonDataset(DatasetBase):
 
     def __init__(self, cfg):
         name = type(self).__name__
-        subsample = cfg.DATASET.SUBSAMPLE_CLASSES
-        subsample_classes(subsample=subsample)  # validate the value before any heavy work
+        subsample = check_subsample(cfg.DATASET.SUBSAMPLE_CLASSES)  # before any heavy work
         root = dataset_root(cfg)
         self.dataset_dir = require_dir(osp.join(root, type(self).dataset_dir), name, "dataset folder")
         self.image_dir = osp.join(self.dataset_dir, self.image_subdir) if self.image_subdir else self.dataset_dir

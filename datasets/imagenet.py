@@ -8,8 +8,8 @@ from toolbox import DATASET_REGISTRY, DatasetBase, listdir_nohidden
 from toolbox.errors import UserError
 
 from .common import (
-    apply_fewshot, check_labels, check_nonempty, class_folders, dataset_root, make_items, read_lines,
-    read_split, relative_entries, require_dir, save_json_best_effort, section, subsample_classes,
+    apply_fewshot, check_labels, check_nonempty, check_subsample, class_folders, dataset_root, make_items,
+    read_lines, read_split, relative_entries, require_dir, save_json_best_effort, section, subsample_classes,
 )
 
 CACHE_FILE = "split_cache_ImageNet.json"
@@ -20,8 +20,7 @@ class ImageNet(DatasetBase):
     dataset_dir = "imagenet"
 
     def __init__(self, cfg):
-        subsample = cfg.DATASET.SUBSAMPLE_CLASSES
-        subsample_classes(subsample=subsample)
+        subsample = check_subsample(cfg.DATASET.SUBSAMPLE_CLASSES)
         root = dataset_root(cfg)
         self.dataset_dir = require_dir(osp.join(root, type(self).dataset_dir), "ImageNet", "dataset folder")
         self.image_dir = require_dir(osp.join(self.dataset_dir, "images"), "ImageNet", "image folder")
