@@ -1,0 +1,32 @@
+"""``bash scripts/zsclip/main.sh <dataset>`` runs end to end on the miniature tree of each of the 14
+dataset configs (tiny CLIP, CPU): reader -> data manager -> zero-shot evaluation -> results.json."""
+import json
+import os.path as osp
+import sys
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+from tools.make_miniature_data import BENCHMARKS, make_all
+
+pytestmark = pytest.mark.skipif(not osp.isfile(osp.join(REPO, "trainers", "zsclip.py")), reason="no ZeroshotCLIP")
+
+
+@pytest.fixture(scope="module")
+def mini_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mini-e2e")
+    return root, make_all(root, BENCHMARKS, classes=3, per_class=6)
+
+
+@pytest.mark.parametrize("key", BENCHMARKS)
+def test_zero_shot_script_runs_on_miniature_tree(key, mini_root, tiny_clip, tmp_path):
+    root, infos = mini_root
+    env = {"DATA": str(root), "SEEDS": "1", "OUTPUT": str(tmp_path), "PYTHON": sys.executable}
+    proc = run_cli(["bash", osp.join(REPO, "scripts", "zsclip", "main.sh"), key,
+                    "MODEL.BACKBONE.PATH", tiny_clip, "DATALOADER.NUM_WORKERS", "0"], env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = osp.join(tmp_path, key, "ZeroshotCLIP", "vit_b32", "seed1", "results.json")
+    with open(results) as f:
+        data = json.load(f)
+    assert data["dataset_key"] == key
+    assert sorted(data["metrics"]["per_class_accuracy"]) == sorted(infos[key]["classnames"])
