@@ -116,6 +116,10 @@ def setup_cfg(args):
             _merge_file(cfg, path, what)
             merged.append(path)
     reset_cfg(cfg, args)
+    flags = [o for o in args.opts[::2] if o.startswith("--")]
+    if flags:
+        raise UserError("option {} comes after the KEY VALUE overrides; put every --option before the first "
+                        "KEY VALUE pair".format(flags[0]))
     if len(args.opts) % 2 != 0:
         raise UserError(
             "command-line overrides must be KEY VALUE pairs, got an odd number of items: {}".format(args.opts)

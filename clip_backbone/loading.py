@@ -18,13 +18,14 @@ from toolbox.errors import UserError
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # openai-clip imports pkg_resources, which warns on import
     import clip
+    from clip.clip import _MODELS, _download
     from clip.model import build_model
 
 DEFAULT_DOWNLOAD_ROOT = osp.expanduser("~/.cache/clip")
 
 
 def available_models():
-    return list(clip._MODELS.keys())
+    return list(_MODELS.keys())
 
 
 def _read_state_dict(path):
@@ -63,14 +64,14 @@ def resolve_weights_file(name="", path="", download_root=""):
         return path
     if not name:
         raise UserError("no CLIP backbone given: set MODEL.BACKBONE.NAME (e.g. ViT-B/32) or MODEL.BACKBONE.PATH")
-    if name not in clip._MODELS:
+    if name not in _MODELS:
         raise UserError("MODEL.BACKBONE.NAME={!r} is not an OpenAI CLIP model; choose one of {} or set "
                         "MODEL.BACKBONE.PATH to a local file".format(name, available_models()))
     root = osp.abspath(osp.expanduser(download_root or DEFAULT_DOWNLOAD_ROOT))
-    url = clip._MODELS[name]
+    url = _MODELS[name]
     target = osp.join(root, osp.basename(url))
     try:
-        return clip._download(url, root)
+        return _download(url, root)
     except Exception as exc:  # URLError, socket errors, checksum mismatch after a failed download
         raise UserError(
             "cannot download CLIP {} ({}: {}); with no network, copy the file {} from {} to {} "
