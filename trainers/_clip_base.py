@@ -22,8 +22,7 @@ from tqdm import tqdm
 import datasets
 from clip_backbone import description_bank, load_clip_from_cfg, template_classifier
 from datasets.common import SkipUnreadableWrapper
-from datasets.templates import get_templates
-from datasets.texts import default_descriptions_path, load_descriptions
+from datasets.texts import load_descriptions
 from toolbox import DataManager, TrainerX, load_checkpoint, read_json
 from toolbox.errors import UserError
 from toolbox.io import atomic_write_json
@@ -105,7 +104,7 @@ class ClipTrainer(TrainerX):
 
     # ------------------------------------------------------------------ text side
     def templates(self):
-        return get_templates(self.cfg.DATASET.TEMPLATES, self.dataset_key)
+        return datasets.templates_for(self.cfg)
 
     def template_classifier(self, templates=None):
         """``[K, D]`` class embeddings from templates (cached)."""
@@ -115,7 +114,7 @@ class ClipTrainer(TrainerX):
         ).to(self.device)
 
     def descriptions_path(self):
-        return self.cfg.DATASET.DESCRIPTIONS or default_descriptions_path(self.dataset_key)
+        return datasets.descriptions_path(self.cfg)
 
     def descriptions(self):
         return load_descriptions(self.descriptions_path(), self.classnames)
