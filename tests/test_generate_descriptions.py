@@ -19,6 +19,7 @@ class Stub:
 
     def __init__(self):
         self.requests = []  # (headers, body) of every request received
+        self.paths = []  # request paths (absolute URLs when the stub is used as a proxy)
         self.script = {}  # request number -> (status, body bytes, extra headers)
         self.fail_class = None  # class display name answered with HTTP 400
         self.bad_lines = False  # mix rejectable lines into the first reply for each class
@@ -56,6 +57,7 @@ def stub():
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             state.requests.append((dict(self.headers), body))
+            state.paths.append(self.path)
             status, payload, headers = state.reply(body)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -211,6 +213,23 @@ def test_existing_output_for_another_dataset_is_refused(stub, classes_file, tmp_
     assert run(stub, classes_file, out) == 2
     assert "not classes of this dataset" in capsys.readouterr().err
     assert stub.requests == []
+
+
+def test_proxy_is_used_for_remote_endpoints_but_not_for_loopback(stub, classes_file, tmp_path, monkeypatch):
+    base = stub.url[: -len("/v1")]
+    for var in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(var, base)  # the stub doubles as the proxy: nothing leaves this machine
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = gd.ChatClient("http://llm.example.invalid/v1", "m", backoff=0.01)
+    assert client.complete([{"role": "user", "content": 'Class: "ant". starts with exactly "A photo of an ant," '
+                                                       "Write 1 different sentences"}])
+    assert stub.paths[-1] == "http://llm.example.invalid/v1/chat/completions"
+
+    for var in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # a dead proxy: loopback endpoints must bypass it
+    assert run(stub, classes_file, tmp_path / "out.json") == 0
+    assert stub.paths[-1] == "/v1/chat/completions"
 
 
 def test_split_reply_formats():

@@ -23,6 +23,7 @@ import re
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from datasets import texts
@@ -129,6 +130,10 @@ class ChatClient:
         self.url = chat_url(endpoint)
         self.model, self.api_key, self.temperature = model, api_key, temperature
         self.timeout, self.retries, self.backoff, self.sleep = timeout, retries, backoff, sleep
+        # A local server (vLLM, llama.cpp, ...) is reached directly even when HTTP(S)_PROXY is set.
+        host = urllib.parse.urlsplit(self.url).hostname or ""
+        local = host in ("localhost", "::1") or host.startswith("127.")
+        self._opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
 
     def complete(self, messages):
         """The text of the first choice of a chat completion."""
@@ -140,7 +145,7 @@ class ChatClient:
             last = attempt == self.retries
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
+                with self._opener.open(request, timeout=self.timeout) as resp:
                     raw = resp.read()
                 return parse_completion(raw, self.url)
             except urllib.error.HTTPError as exc:
