@@ -16,7 +16,7 @@ def atomic_write_text(text, fpath):
     """Write ``text`` to ``fpath`` so that readers see either the old or the whole new file."""
     fd, tmp = _tmp_in(fpath)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -27,8 +27,9 @@ def atomic_write_text(text, fpath):
         raise
 
 
-def atomic_write_json(obj, fpath, indent=4):
-    atomic_write_text(json.dumps(obj, indent=indent, separators=(",", ": ")) + "\n", fpath)
+def atomic_write_json(obj, fpath, indent=4, ensure_ascii=True):
+    text = json.dumps(obj, indent=indent, separators=(",", ": "), ensure_ascii=ensure_ascii)
+    atomic_write_text(text + "\n", fpath)
 
 
 def atomic_torch_save(obj, fpath):
