@@ -88,7 +88,7 @@ class PromptLearner(TrainableState):
         dim = clip_model.ln_final.weight.shape[0]
         embed = clip_model.token_embedding
         if ctx_init:
-            init_tokens = clip.tokenize(ctx_init.replace("_", " "))
+            init_tokens = clip.tokenize(ctx_init.replace("_", " ")).to(embed.weight.device)
             n_ctx = int((init_tokens[0] > 0).sum()) - 2  # minus start/end tokens
             with torch.no_grad():
                 init_vectors = embed(init_tokens)[0, 1:1 + n_ctx].float()
@@ -98,14 +98,14 @@ class PromptLearner(TrainableState):
         ctx = torch.empty(n_prompts, n_ctx, dim)
         nn.init.normal_(ctx, std=0.02)
         if ctx_init:
-            ctx[0] = init_vectors
+            ctx[0] = init_vectors.cpu()
         self.ctx = nn.Parameter(ctx)
         self.n_ctx = n_ctx
         self.prefix_text = prefix_text
 
         prompts = ["{} {}.".format(prefix_text, name.replace("_", " ")) for name in classnames]
         try:
-            tokens = clip.tokenize(prompts, context_length=clip_model.context_length)
+            tokens = clip.tokenize(prompts, context_length=clip_model.context_length).to(embed.weight.device)
         except RuntimeError as exc:
             raise UserError("UPL: a prompt does not fit CLIP's {} tokens ({}); lower TRAINER.UPL.N_CTX".format(
                 clip_model.context_length, exc)) from None
