@@ -207,7 +207,8 @@ class MUST(ClipTrainer):
     def before_epoch(self):
         self.marginal.reset()
         zero = torch.zeros((), device=self.device)
-        self._epoch_stats = {"n": 0, "n_confident": zero.clone(), "pl_correct": zero.clone(), "lr": self.get_current_lr()}
+        self._epoch_stats = {"n": 0, "n_confident": zero.clone(), "pl_correct": zero.clone(),
+                             "lr": self.get_current_lr()}
 
     def forward_backward(self, batch):
         c = self.cfg.TRAINER.MUST
