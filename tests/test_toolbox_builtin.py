@@ -156,3 +156,24 @@ def test_unknown_config_key_is_rejected_by_yacs():
     cfg = get_cfg_default()
     with pytest.raises(AssertionError, match="Non-existent key: OPTIM.LRR"):
         cfg.merge_from_list(["OPTIM.LRR", "0.1"])
+
+
+@pytest.mark.parametrize("warmup_type,recount", [("constant", True), ("linear", True), ("constant", False)])
+def test_trainer_epoch_schedule_matches_the_dassl_trace(warmup_type, recount):
+    """trainers/_schedules.py (plain torch, used on both backends) reproduces Dassl's cosine+warmup."""
+    from toolbox import build_lr_scheduler, build_optimizer
+    from trainers._schedules import epoch_scheduler
+
+    ocfg = _optim_cfg(NAME="sgd", LR=0.002, LR_SCHEDULER="cosine", MAX_EPOCH=6, WARMUP_EPOCH=2,
+                      WARMUP_TYPE=warmup_type, WARMUP_CONS_LR=1e-5, WARMUP_MIN_LR=1e-5, WARMUP_RECOUNT=recount)
+    traces = []
+    for build in (build_lr_scheduler, epoch_scheduler):
+        opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], ocfg)
+        sched = build(opt, ocfg)
+        lrs = []
+        for _ in range(6):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        traces.append(lrs)
+    assert np.allclose(traces[0], traces[1], rtol=1e-6, atol=1e-9)

@@ -18,10 +18,11 @@ from yacs.config import CfgNode as CN
 from clip_backbone.loading import clip
 from datasets.common import SkipUnreadableWrapper
 from datasets.templates import get_templates
-from toolbox import TRAINER_REGISTRY, Datum, build_data_loader, build_lr_scheduler, build_optimizer, build_transform
+from toolbox import TRAINER_REGISTRY, Datum, build_data_loader, build_optimizer, build_transform
 from toolbox.errors import UserError
 
 from ._clip_base import ClipTrainer, TrainableState
+from ._schedules import epoch_scheduler
 
 # UPL's hand-written template per dataset (CoOp's CUSTOM_TEMPLATES). Datasets UPL did not use fall back
 # to the first template of the dataset's CLIP list.
@@ -160,7 +161,7 @@ class UPL(ClipTrainer):
         learner = PromptLearner(self.clip_model, self.classnames, c.N_CTX, c.CTX_INIT, c.ENSEMBLE)
         self.prompt_learner = learner.to(self.device)
         self.optim = build_optimizer(self.prompt_learner, self.cfg.OPTIM)
-        self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
+        self.sched = epoch_scheduler(self.optim, self.cfg.OPTIM)  # Dassl's trace, safe on real Dassl too
         self.register_model("prompt_learner", self.prompt_learner, self.optim, self.sched)
         self._eval_text = None
         print("UPL: {} prompt(s) of {} context tokens, prefix {!r}".format(
