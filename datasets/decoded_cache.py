@@ -1,0 +1,279 @@
+"""Decode-once image cache for the GPU-side views (DESIGN §7).
+
+Every image of a split is decoded once with PIL, shrunk so that its shorter side is at most ``side``
+pixels (never enlarged) and kept as uint8 RGB (H, W, 3):
+
+* ``memory``: in this process (forked DataLoader workers share the pages), rebuilt by every run;
+* ``disk``: one flat file read through a memory map, reused by later runs (other seeds, methods).
+  An index JSON beside it holds each image's offset and shape; it is written last, so its presence
+  means the data file is complete. Concurrent builders of the same cache wait on a lock file.
+
+The key is the split's ordered file list and ``side`` (not the files' contents: delete the cache
+folder after editing images in place). Unreadable images are recorded and, when read, replaced by the
+next readable one, as ``datasets.common.SkipUnreadableWrapper`` does; more of them than
+``DATASET.MAX_UNREADABLE`` allows is an error.
+"""
+import fcntl
+import hashlib
+import json
+import os
+import os.path as osp
+import tempfile
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+
+from toolbox.errors import UserError
+from toolbox.io import atomic_write_json
+
+from .common import UNREADABLE_ERRORS
+
+FORMAT_VERSION = 1
+MODES = ("memory", "disk")
+
+
+def default_cache_dir():
+    root = os.environ.get("FAIRCLIP_CACHE") or osp.expanduser("~/.cache/fairclip")
+    return osp.join(root, "decoded")
+
+
+def decode_resized(path, side):
+    """``uint8 [H, W, 3]`` of ``path`` with the shorter side shrunk to ``side`` (bicubic, antialiased)."""
+    with Image.open(path) as img:
+        img.draft("RGB", (side, side))  # JPEG: decode at a reduced DCT scale that still covers ``side``
+        img = img.convert("RGB")
+    w, h = img.size
+    if min(w, h) > side:
+        scale = side / min(w, h)
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+class _DecodeJobs(torch.utils.data.Dataset):
+    """One decoded image per item, for a DataLoader that spreads decoding over worker processes."""
+
+    def __init__(self, paths, side):
+        self.paths = paths
+        self.side = side
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return i, decode_resized(self.paths[i], self.side), ""
+        except UNREADABLE_ERRORS as exc:  # FileNotFoundError is an OSError: reported the same way
+            return i, None, "{}: {}".format(type(exc).__name__, exc)
+
+
+def _as_is(item):
+    return item
+
+
+def _decode_all(paths, side, workers):
+    """Yield ``(i, array or None, reason)`` in file-list order."""
+    jobs = _DecodeJobs(paths, side)
+    if workers <= 0:
+        for i in range(len(jobs)):
+            yield jobs[i]
+        return
+    loader = torch.utils.data.DataLoader(jobs, batch_size=None, num_workers=workers, collate_fn=_as_is,
+                                         prefetch_factor=8)
+    yield from loader
+
+
+class DecodedCache:
+    """Decoded uint8 images of one file list; ``image(i)`` is an ``[H, W, 3]`` array (a view, no copy)."""
+
+    def __init__(self, paths, side, shapes, unreadable, arrays=None, data=None, offsets=None, location="memory"):
+        self.paths = list(paths)
+        self.side = int(side)
+        self.shapes = np.asarray(shapes, dtype=np.int64).reshape(-1, 2)
+        self.unreadable = dict(unreadable)  # index -> reason
+        self._arrays = arrays
+        self._data = data
+        self._offsets = None if offsets is None else np.asarray(offsets, dtype=np.int64)
+        self.location = location  # "memory" or the data file's path
+
+    def __len__(self):
+        return len(self.paths)
+
+    def image(self, i):
+        if i in self.unreadable:
+            raise IndexError("image {} ({}) is unreadable".format(i, self.paths[i]))
+        if self._arrays is not None:
+            return self._arrays[i]
+        h, w = self.shapes[i]
+        start = self._offsets[i]
+        return self._data[start:start + h * w * 3].reshape(h, w, 3)
+
+    @property
+    def nbytes(self):
+        return int((self.shapes[:, 0] * self.shapes[:, 1]).sum() * 3)
+
+
+def cache_key(paths, side):
+    h = hashlib.sha256(json.dumps([FORMAT_VERSION, int(side), list(paths)]).encode())
+    return h.hexdigest()[:16]
+
+
+def _check_unreadable(unreadable, n, max_fraction, label):
+    for i, reason in sorted(unreadable.items())[:20]:
+        warnings.warn("cannot decode image {} ({}); using another sample instead".format(i, reason))
+    if len(unreadable) > max_fraction * n or len(unreadable) == n:
+        first = sorted(unreadable.items())[0][1]
+        raise UserError(
+            "{}: {} of {} images cannot be decoded, more than DATASET.MAX_UNREADABLE = {} allows (first: {}); "
+            "re-download them (python -m tools.verify_datasets --decode lists all) or raise "
+            "DATASET.MAX_UNREADABLE".format(label or "decoded cache", len(unreadable), n, max_fraction, first))
+
+
+def _build_in_memory(paths, side, workers):
+    arrays, shapes, unreadable = [None] * len(paths), [], {}
+    for i, arr, reason in _decode_all(paths, side, workers):
+        if arr is None:
+            unreadable[i] = "{} ({})".format(paths[i], reason)
+            shapes.append((0, 0))
+        else:
+            arr = np.asarray(arr)
+            arrays[i] = arr
+            shapes.append(arr.shape[:2])
+    return DecodedCache(paths, side, shapes, unreadable, arrays=arrays)
+
+
+def _build_on_disk(paths, side, workers, data_path, index_path):
+    folder = osp.dirname(data_path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + osp.basename(data_path) + "-", dir=folder)
+    shapes, offsets, unreadable, offset = [], [], {}, 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for i, arr, reason in _decode_all(paths, side, workers):
+                offsets.append(offset)
+                if arr is None:
+                    unreadable[i] = "{} ({})".format(paths[i], reason)
+                    shapes.append((0, 0))
+                    continue
+                arr = np.ascontiguousarray(np.asarray(arr, dtype=np.uint8))
+                f.write(arr.tobytes())
+                shapes.append(arr.shape[:2])
+                offset += arr.nbytes
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, data_path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+    index = {"version": FORMAT_VERSION, "side": int(side), "count": len(paths), "nbytes": offset,
+             "paths": list(paths), "shapes": [list(map(int, s)) for s in shapes], "offsets": offsets,
+             "unreadable": {str(k): v for k, v in unreadable.items()}}
+    atomic_write_json(index, index_path, indent=None)  # last: its presence marks a complete cache
+
+
+def _load_from_disk(paths, side, data_path, index_path):
+    fix = "delete {} and {} to rebuild it".format(index_path, data_path)
+    try:
+        with open(index_path) as f:
+            index = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError("decoded cache index {} cannot be read ({}); {}".format(index_path, exc, fix)) from exc
+    if index.get("version") != FORMAT_VERSION or index.get("side") != side or index.get("paths") != list(paths):
+        raise UserError("decoded cache {} was written for another file list, side or format; {}".format(
+            index_path, fix))
+    size = osp.getsize(data_path) if osp.isfile(data_path) else -1
+    if size != index["nbytes"]:
+        raise UserError("decoded cache data {} has {} bytes, its index says {}; {}".format(
+            data_path, size, index["nbytes"], fix))
+    data = np.memmap(data_path, dtype=np.uint8, mode="r") if size > 0 else np.zeros(0, dtype=np.uint8)
+    unreadable = {int(k): v for k, v in index["unreadable"].items()}
+    return DecodedCache(paths, side, index["shapes"], unreadable, data=data, offsets=index["offsets"],
+                        location=data_path)
+
+
+def open_decoded_cache(paths, side, mode="disk", cache_dir="", workers=0, max_unreadable=0.01, label=""):
+    """The decoded cache of ``paths`` (built now if needed).
+
+    ``mode``: ``memory`` or ``disk`` (``cache_dir`` or ``$FAIRCLIP_CACHE/decoded``); ``workers``: decoding
+    processes; ``label`` names the split in messages (e.g. ``"OxfordPets train"``).
+    """
+    if mode not in MODES:
+        raise UserError("DATALOADER.DECODED_CACHE={!r} is not one of {}".format(mode, ", ".join(MODES)))
+    side = int(side)
+    if side < 1:
+        raise UserError("DATALOADER.DECODED_CACHE_SIDE={} must be a positive number of pixels".format(side))
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise UserError("{}: no images to cache (the split is empty)".format(label or "decoded cache"))
+    if mode == "memory":
+        cache = _build_in_memory(paths, side, workers)
+    else:
+        folder = osp.abspath(osp.expanduser(cache_dir or default_cache_dir()))
+        stem = osp.join(folder, "s{}-{}".format(side, cache_key(paths, side)))
+        data_path, index_path = stem + ".u8", stem + ".json"
+        try:
+            os.makedirs(folder, exist_ok=True)
+            lock = open(stem + ".lock", "a")
+        except OSError as exc:
+            raise UserError("cannot write the decoded-image cache folder {} ({}); set DATALOADER.DECODED_CACHE_DIR "
+                            "to a writable folder or DATALOADER.DECODED_CACHE memory".format(folder, exc)) from exc
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per cache; the others wait, then read its result
+            if not osp.isfile(index_path):
+                print("Decoding {} images once into {} (shorter side <= {})".format(len(paths), data_path, side))
+                _build_on_disk(paths, side, workers, data_path, index_path)
+        cache = _load_from_disk(paths, side, data_path, index_path)
+    _check_unreadable(cache.unreadable, len(paths), max_unreadable, label)
+    return cache
+
+
+# ---------------------------------------------------------------------------- loading batches
+class CachedImages(torch.utils.data.Dataset):
+    """The items of a split (``Datum`` list) as cached uint8 images; unreadable ones are replaced by the
+    next readable item. Items: ``img`` (array [H, W, 3]), ``label``, ``domain``, ``impath``, ``index``."""
+
+    def __init__(self, data_source, cache):
+        if len(data_source) != len(cache):
+            raise ValueError("data source and cache differ in length")
+        self.data_source = data_source
+        self.cache = cache
+        n = len(cache)
+        readable = [i for i in range(n) if i not in cache.unreadable]
+        self._source_of = list(range(n))
+        for i in sorted(cache.unreadable):  # next readable item, cyclically
+            later = [j for j in readable if j > i]
+            self._source_of[i] = later[0] if later else readable[0]
+
+    def __len__(self):
+        return len(self.data_source)
+
+    def __getitem__(self, idx):
+        j = self._source_of[idx]
+        item = self.data_source[j]
+        return {"img": self.cache.image(j), "label": item.label, "domain": item.domain, "impath": item.impath,
+                "index": idx}
+
+
+def collate_canvas(items, edge=2):
+    """Batch variable-size images into one zero-padded ``canvas`` (uint8 ``[B, Hmax, Wmax, 3]``) with
+    ``sizes`` (``[B, 2]``: h, w). ``edge`` pixels past each image repeat its last row/column so that a
+    cubic filter at the border never reads padding."""
+    sizes = np.array([it["img"].shape[:2] for it in items], dtype=np.int64)
+    hmax, wmax = sizes.max(0)
+    canvas = np.zeros((len(items), hmax, wmax, 3), dtype=np.uint8)
+    for b, it in enumerate(items):
+        img = it["img"]
+        h, w = img.shape[:2]
+        canvas[b, :h, :w] = img
+        if edge:
+            canvas[b, :h, w:w + edge] = img[:, -1:]
+            canvas[b, h:h + edge, :min(w + edge, wmax)] = canvas[b, h - 1:h, :min(w + edge, wmax)]
+    return {
+        "canvas": torch.from_numpy(canvas),
+        "sizes": torch.from_numpy(sizes),
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+        "domain": torch.tensor([it["domain"] for it in items], dtype=torch.long),
+        "impath": [it["impath"] for it in items],
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+    }
