@@ -219,27 +219,51 @@ def setup_logger(output=None):
 
 
 # --------------------------------------------------------------------------- meters
+def _host_value(x):
+    return x.item() if isinstance(x, torch.Tensor) else x
+
+
 class AverageMeter:
+    """Running value/average. Tensor values stay on their device until ``val``/``avg``/``sum`` is read
+    (one host sync then), so a loop that prints every N steps waits for the device every N steps only.
+    Printed values are the same as Dassl's meter."""
+
     def __init__(self, ema=False):
         self.ema = ema
         self.reset()
 
     def reset(self):
-        self.val = 0
-        self.avg = 0
-        self.sum = 0
+        self._val = 0
+        self._avg = 0
+        self._sum = 0
         self.count = 0
 
     def update(self, val, n=1):
         if isinstance(val, torch.Tensor):
-            val = val.item()
-        self.val = val
-        self.sum += val * n
+            val = val.detach()
+            if val.device.type != "mps":  # accumulate in double, as Python floats do
+                val = val.double()
+        self._val = val
+        self._sum = self._sum + val * n
         self.count += n
         if self.ema:
-            self.avg = self.avg * 0.9 + self.val * 0.1
+            self._avg = self._avg * 0.9 + val * 0.1
         else:
-            self.avg = self.sum / self.count
+            self._avg = None  # sum / count, computed when read
+
+    @property
+    def val(self):
+        return _host_value(self._val)
+
+    @property
+    def sum(self):
+        return _host_value(self._sum)
+
+    @property
+    def avg(self):
+        if self._avg is None:
+            return _host_value(self._sum) / self.count
+        return _host_value(self._avg)
 
 
 class MetricMeter:
@@ -253,9 +277,7 @@ class MetricMeter:
         if not isinstance(input_dict, dict):
             raise TypeError("Input to MetricMeter.update() must be a dictionary")
         for k, v in input_dict.items():
-            if isinstance(v, torch.Tensor):
-                v = v.item()
-            self.meters[k].update(v)
+            self.meters[k].update(v)  # tensors are read lazily (see AverageMeter)
 
     def __str__(self):
         return self.delimiter.join(
