@@ -22,6 +22,7 @@ from toolbox import (
 
 import datasets  # noqa: F401  (registers the dataset readers)
 import trainers  # noqa: F401  (registers the trainers)
+from trainers import _distributed
 
 
 def print_args(args, cfg):
@@ -78,7 +79,16 @@ def extend_cfg(cfg):
     cfg.MODEL.BACKBONE.DOWNLOAD_ROOT = ""  # where named weights are downloaded; "" = ~/.cache/clip
     cfg.MODEL.TEXT_CACHE_DIR = ""  # text-feature cache; "" = $FAIRCLIP_CACHE or ~/.cache/fairclip/text
 
+    # Speed (docs/speed.md). Views made on the device from a decode-once uint8 cache, for trainers that
+    # list their views (FAIR; the CLIP test view of any trainer with the standard test transform):
+    # auto = when running on CUDA, always = also on CPU (slow; tests), never = the CPU PIL path only.
+    cfg.DATALOADER.GPU_VIEWS = "auto"
+    cfg.DATALOADER.DECODED_CACHE = "disk"  # where decoded images live: disk (memory-mapped, reused) | memory
+    cfg.DATALOADER.DECODED_CACHE_DIR = ""  # "" = $FAIRCLIP_CACHE/decoded or ~/.cache/fairclip/decoded
+    cfg.DATALOADER.DECODED_CACHE_SIDE = 256  # images are cached with the shorter side at most this (pixels)
+
     cfg.TRAINER.WRITE_RESULTS = True  # write results.json after the final test
+    cfg.TRAINER.COMPILE = False  # torch.compile the CLIP image tower (first steps slower, later ones faster)
     if "RUN" not in cfg:
         cfg.RUN = CN()
     cfg.RUN.CFG_NAME = ""  # config name recorded in results.json (scripts set it)
@@ -137,10 +147,16 @@ def setup_cfg(args):
 
 def main(args):
     cfg = setup_cfg(args)
+    # Under torchrun: join the process group; rank 0 alone logs (the others print nothing, errors still
+    # reach stderr), writes checkpoints and results.
+    rank, _ = _distributed.init_from_env(use_cuda=cfg.USE_CUDA)
     if cfg.SEED >= 0:
         print("Setting fixed seed: {}".format(cfg.SEED))
         set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
+    if rank == 0:
+        setup_logger(cfg.OUTPUT_DIR)
+    else:
+        sys.stdout = open(os.devnull, "w")
 
     if torch.cuda.is_available() and cfg.USE_CUDA:
         # Deterministic algorithms are not forced on GPU (speed); CPU runs are reproducible.
@@ -154,6 +170,7 @@ def main(args):
     print("** System info **\n{}\n".format(collect_env_info()))
 
     trainer = build_trainer(cfg)
+    _distributed.reseed_for_rank(cfg.SEED)  # own augmentation stream per rank (the model is built)
 
     if args.eval_only:
         if not args.model_dir and trainer.get_model_names():
@@ -195,6 +212,7 @@ def cli(argv=None):
     try:
         main(args)
     except UserError as exc:
+        _distributed.cleanup()
         # One clear line, no traceback: on stderr, and in log.txt when the run log is open.
         log = getattr(sys.stdout, "file", None)
         if log is not None:
@@ -202,6 +220,7 @@ def cli(argv=None):
             log.flush()
         sys.stderr.write("ERROR: {}\n".format(exc))
         sys.exit(2)
+    _distributed.cleanup()
 
 
 if __name__ == "__main__":
