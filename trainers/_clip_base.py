@@ -7,9 +7,15 @@
 * ``load_model``: tolerant of checkpoints without ``val_result``; with no ``--load-epoch`` it loads the
   last checkpoint of the model dir (its ``checkpoint`` pointer);
 * per-epoch logging (``log_epoch``) kept in the results' history;
-* precision: ``autocast()`` is bf16 autocast over fp32 master weights when the trainer's PREC is bf16.
+* precision: ``autocast()`` is bf16 autocast over fp32 master weights when the trainer's PREC is bf16;
+* speed (docs/speed.md): GPU-side views from a decode-once cache for trainers that list their views
+  (``gpu_train_views`` / ``gpu_test_views``, switched by ``DATALOADER.GPU_VIEWS``); an epoch loop without
+  per-step host syncs; optional ``torch.compile`` of the image tower (``TRAINER.COMPILE``);
+* DDP under torchrun (``trainers._distributed``): distributed train sampler, sharded evaluation with
+  gathered predictions, rank-0-only checkpoints, TensorBoard, history and results.
 """
 import contextlib
+import datetime
 import os.path as osp
 import resource
 import time
@@ -17,17 +23,23 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
 import datasets
 from clip_backbone import description_bank, load_clip_from_cfg, template_classifier
 from datasets.common import SkipUnreadableWrapper
+from datasets.decoded_cache import CachedImages, collate_canvas, open_decoded_cache
 from datasets.texts import load_descriptions
-from toolbox import DataManager, TrainerX, load_checkpoint, read_json
+from toolbox import AverageMeter, DataManager, MetricMeter, TrainerX, load_checkpoint, read_json
 from toolbox.errors import UserError
 from toolbox.io import atomic_write_json
 
+from . import _distributed
+from ._gpu_views import DeviceViewLoader, GpuViews, center_view
 from ._results import build_results, write_results
+
+GPU_VIEW_MODES = ("auto", "always", "never")
 
 
 class TrainableState(nn.Module):
@@ -70,14 +82,73 @@ class ClipTrainer(TrainerX):
             custom_tfm_test=self.custom_test_transform(),
             dataset_wrapper=SkipUnreadableWrapper,
         )
-        self.train_loader_x = dm.train_loader_x
+        self.rank, self.world_size = _distributed.rank(), _distributed.world_size()
+        self.train_loader_x = _distributed.train_loader(dm.train_loader_x, self.cfg.SEED)
         self.train_loader_u = dm.train_loader_u
-        self.val_loader = dm.val_loader
-        self.test_loader = dm.test_loader
+        self.val_loader = _distributed.eval_loader(dm.val_loader)
+        self.test_loader = _distributed.eval_loader(dm.test_loader)
         self.num_classes = dm.num_classes
         self.num_source_domains = dm.num_source_domains
         self.lab2cname = dm.lab2cname
         self.dm = dm
+        self.view_path = {"train": "cpu-pil", "test": "cpu-pil"}
+        if self.use_gpu_views():
+            self.build_gpu_view_loaders(dm)
+        if self.world_size > 1:
+            batch = self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+            print("Distributed: {} processes, batch {} per process, global batch {}".format(
+                self.world_size, batch, batch * self.world_size))
+
+    # ------------------------------------------------------------------ GPU-side views (opt-in per trainer)
+    def gpu_train_views(self):
+        """The training views for the GPU path, in the order of ``custom_train_transform()`` (batch keys
+        img, img2, ...), as ``trainers._gpu_views`` specs; None: this trainer has no GPU path."""
+        return None
+
+    def gpu_test_views(self):
+        """The test views for the GPU path; by default CLIP's normalised centre view when the trainer
+        keeps the standard test transform, else None (the CPU path)."""
+        standard = self.custom_test_transform() is None and "normalize" in self.cfg.INPUT.TRANSFORMS
+        return [center_view()] if standard else None
+
+    def use_gpu_views(self):
+        mode = str(self.cfg.DATALOADER.GPU_VIEWS).lower()
+        if mode not in GPU_VIEW_MODES:
+            raise UserError("DATALOADER.GPU_VIEWS={!r} is not one of {}".format(
+                self.cfg.DATALOADER.GPU_VIEWS, ", ".join(GPU_VIEW_MODES)))
+        return mode == "always" or (mode == "auto" and self.device.type == "cuda")
+
+    def cached_loader(self, items, split, is_train):
+        """A DataLoader of uint8 canvases over ``items`` from the decode-once cache."""
+        cfg = self.cfg
+        cache = open_decoded_cache(
+            [item.impath for item in items], cfg.DATALOADER.DECODED_CACHE_SIDE, cfg.DATALOADER.DECODED_CACHE,
+            cfg.DATALOADER.DECODED_CACHE_DIR, workers=cfg.DATALOADER.NUM_WORKERS,
+            max_unreadable=cfg.DATASET.MAX_UNREADABLE, label="{} {}".format(cfg.DATASET.NAME, split))
+        dataset = CachedImages(items, cache)
+        batch = cfg.DATALOADER.TRAIN_X.BATCH_SIZE if is_train else cfg.DATALOADER.TEST.BATCH_SIZE
+        workers = cfg.DATALOADER.NUM_WORKERS
+        return DataLoader(
+            dataset, batch_size=batch, sampler=RandomSampler(dataset) if is_train else SequentialSampler(dataset),
+            num_workers=workers, collate_fn=collate_canvas, pin_memory=self.device.type == "cuda",
+            drop_last=is_train and len(dataset) >= batch, persistent_workers=workers > 0)
+
+    def build_gpu_view_loaders(self, dm):
+        seed = max(int(self.cfg.SEED), 0) * 1000 + self.rank
+        views = GpuViews.from_cfg(self.cfg, self.device, seed=seed)
+        train_specs, test_specs = self.gpu_train_views(), self.gpu_test_views()
+        if train_specs:
+            loader = self.cached_loader(dm.dataset.train_x, "train", is_train=True)
+            self.train_loader_x = DeviceViewLoader(_distributed.train_loader(loader, self.cfg.SEED), views, train_specs)
+            self.view_path["train"] = "gpu"
+        if test_specs:
+            loader = self.cached_loader(dm.dataset.test, "test", is_train=False)
+            self.test_loader = DeviceViewLoader(_distributed.eval_loader(loader), views, test_specs)
+            if dm.dataset.val:
+                loader = self.cached_loader(dm.dataset.val, "val", is_train=False)
+                self.val_loader = DeviceViewLoader(_distributed.eval_loader(loader), views, test_specs)
+            self.view_path["test"] = "gpu"
+        print("Views: train on {train}, test on {test}".format(**self.view_path))
 
     def custom_train_transform(self):
         """A transform (or list of transforms) for the train loader; None = ``build_transform``."""
@@ -96,6 +167,8 @@ class ClipTrainer(TrainerX):
         self.dataset_key = datasets.key_for(cfg.DATASET.NAME)
         print("Loading CLIP ({})".format(cfg.MODEL.BACKBONE.PATH or cfg.MODEL.BACKBONE.NAME))
         self.clip_model, self.clip_info = load_clip_from_cfg(cfg, device=self.device)
+        if cfg.TRAINER.COMPILE:
+            self.clip_model.visual.compile()  # in place: parameter names and checkpoints are unchanged
         self.text_cache_dir = cfg.MODEL.TEXT_CACHE_DIR
         self.build_method()
 
@@ -151,7 +224,11 @@ class ClipTrainer(TrainerX):
     @torch.no_grad()
     def evaluate(self, split=None):
         """Run the evaluator on ``split``; returns a dict with ``split``, ``results`` (the evaluator's
-        dict), ``per_class`` ({classname: accuracy}), ``n_images`` and ``images_per_s``."""
+        dict), ``per_class`` ({classname: accuracy}), ``n_images`` and ``images_per_s``.
+
+        Predictions stay on the device until the loop ends (one host sync); under DDP each rank scores
+        its shard and the predictions of all ranks are gathered before the metrics.
+        """
         self.set_model_mode("eval")
         self.evaluator.reset()
         split = split or self.cfg.TEST.SPLIT
@@ -161,28 +238,30 @@ class ClipTrainer(TrainerX):
             split = "test"
             loader = self.test_loader
         print("Evaluate on the *{}* set".format(split))
-        correct = torch.zeros(self.num_classes, dtype=torch.long)
-        total = torch.zeros(self.num_classes, dtype=torch.long)
-        n_images = 0
+        preds, labels = [], []
         start = time.time()
-        for batch in tqdm(loader, disable=not self.cfg.VERBOSE):
-            images, labels = self.parse_batch_test(batch)
-            logits = self.model_inference(images)
-            self.evaluator.process(logits, labels)
-            hits = (logits.argmax(1) == labels).long().cpu()
-            correct.index_add_(0, labels.cpu(), hits)
-            total.index_add_(0, labels.cpu(), torch.ones_like(hits))
-            n_images += labels.shape[0]
+        for batch in tqdm(loader, disable=not (self.cfg.VERBOSE and _distributed.is_main())):
+            images, label = self.parse_batch_test(batch)
+            preds.append(self.model_inference(images).argmax(1))
+            labels.append(label)
+        empty = torch.zeros(0, dtype=torch.long)
+        pred = _distributed.gather_cat(torch.cat(preds).cpu() if preds else empty)
+        gt = _distributed.gather_cat(torch.cat(labels).cpu() if labels else empty)
         elapsed = max(time.time() - start, 1e-9)
+        # The evaluator's metrics use only the argmax of its scores: one-hot scores of the predictions.
+        for i in range(0, len(pred), 4096):
+            self.evaluator.process(F.one_hot(pred[i:i + 4096], self.num_classes).float(), gt[i:i + 4096])
         results = self.evaluator.evaluate()
         for k, v in results.items():
             self.write_scalar("{}/{}".format(split, k), v, self.epoch)
+        correct = torch.bincount(gt[pred == gt], minlength=self.num_classes)
+        total = torch.bincount(gt, minlength=self.num_classes)
         per_class = {
             self.lab2cname[c]: (100.0 * correct[c].item() / total[c].item()) for c in range(self.num_classes)
             if total[c] > 0
         }
-        return {"split": split, "results": results, "per_class": per_class, "n_images": n_images,
-                "images_per_s": n_images / elapsed}
+        return {"split": split, "results": results, "per_class": per_class, "n_images": len(gt),
+                "images_per_s": len(gt) / elapsed}
 
     def test(self, split=None):
         """Evaluate and return the accuracy; the final test (``split`` None) also writes results.json."""
@@ -194,18 +273,75 @@ class ClipTrainer(TrainerX):
         return list(evaluation["results"].values())[0]
 
     def run_epoch(self):
-        start = time.time()
-        super().run_epoch()
+        """The engine's epoch loop (same printed lines and TensorBoard tags) without a host sync per step:
+        meters keep device tensors (built-in backend), scalars are written at print steps only, and on
+        GPU the non-finite-loss check runs at those steps too (``detect_anomaly``)."""
+        self.set_model_mode("train")
+        _distributed.set_epoch(self.train_loader_x, self.epoch)
+        losses, batch_time, data_time = MetricMeter(), AverageMeter(), AverageMeter()
+        self.num_batches = len(self.train_loader_x)
+        print_freq = self.cfg.TRAIN.PRINT_FREQ
+        start = end = time.time()
+        for self.batch_idx, batch in enumerate(self.train_loader_x):
+            data_time.update(time.time() - end)
+            loss_summary = self.forward_backward(batch)
+            batch_time.update(time.time() - end)
+            losses.update(loss_summary)
+            if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
+                self.check_finite_loss()
+                nb_remain = self.num_batches - self.batch_idx - 1
+                nb_remain += (self.max_epoch - self.epoch - 1) * self.num_batches
+                eta = str(datetime.timedelta(seconds=int(batch_time.avg * nb_remain)))
+                print(" ".join([
+                    "epoch [{}/{}]".format(self.epoch + 1, self.max_epoch),
+                    "batch [{}/{}]".format(self.batch_idx + 1, self.num_batches),
+                    "time {:.3f} ({:.3f})".format(batch_time.val, batch_time.avg),
+                    "data {:.3f} ({:.3f})".format(data_time.val, data_time.avg),
+                    "{}".format(losses),
+                    "lr {:.4e}".format(self.get_current_lr()),
+                    "eta {}".format(eta),
+                ]))
+                n_iter = self.epoch * self.num_batches + self.batch_idx
+                for name, meter in losses.meters.items():
+                    self.write_scalar("train/" + name, meter.avg, n_iter)
+                self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+            end = time.time()
+        self.check_finite_loss()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # honest epoch time
         self.train_seconds += time.time() - start
-        self.train_images_seen += self.num_batches * self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+        self.train_images_seen += self.num_batches * self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE * self.world_size
+
+    def detect_anomaly(self, loss):
+        """CPU: raise at once (as the engine does). GPU: remember a non-finite loss on the device and raise
+        at the next print step or at the epoch end (``check_finite_loss``), so no step waits for the host."""
+        if self.device.type != "cuda":
+            return super().detect_anomaly(loss)
+        bad = ~torch.isfinite(loss.detach()).all()
+        flag = getattr(self, "_nonfinite", None)
+        self._nonfinite = bad if flag is None else flag | bad
+
+    def check_finite_loss(self):
+        flag = getattr(self, "_nonfinite", None)
+        if flag is not None and bool(flag):
+            self._nonfinite = None
+            raise UserError("{}: non-finite loss in epoch {} (found by batch {}); lower OPTIM.LR or use "
+                            "TRAINER.{}.PREC fp32".format(self.cfg.TRAINER.NAME, self.epoch + 1, self.batch_idx + 1,
+                                                          self.CFG_NODE or self.cfg.TRAINER.NAME))
 
     def write_results(self, evaluation):
+        if not _distributed.is_main():
+            return
         record = build_results(self, evaluation)
         path = osp.join(self.cfg.OUTPUT_DIR, "results.json")
         write_results(record, path)
         print("Results written to {}".format(path))
 
     # ------------------------------------------------------------------ checkpoints
+    def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
+        if _distributed.is_main():  # every rank holds the same weights; one writes them
+            super().save_model(epoch, directory, is_best=is_best, val_result=val_result, model_name=model_name)
+
     def load_model(self, directory, epoch=None):
         names = self.get_model_names()
         if not names:
@@ -243,10 +379,16 @@ class ClipTrainer(TrainerX):
         if self.start_epoch > 0 and osp.isfile(self.history_path()):
             self.history = [r for r in read_json(self.history_path()) if r.get("epoch", 0) <= self.start_epoch]
 
+    def init_writer(self, log_dir):
+        if _distributed.is_main():
+            super().init_writer(log_dir)
+
     def log_epoch(self, record):
         """Print one line per epoch and keep it for results.json (``history``) and TensorBoard."""
         record = dict(record, epoch=self.epoch + 1)
         self.history.append(record)
+        if not _distributed.is_main():
+            return
         atomic_write_json(self.history, self.history_path())
         print("epoch {} summary: ".format(self.epoch + 1) + " ".join(
             "{}={:.4g}".format(k, v) if isinstance(v, float) else "{}={}".format(k, v)
