@@ -14,6 +14,10 @@ Self-training of CLIP on unlabelled target images. Per training image:
 Trained: the visual LayerNorms and the anchors. Inference: the anchors on the centre view (plus LAS
 from test-time crops with ``TRAINER.FAIR.TEST_LAS``). Every reconstructed choice is a key below.
 Train-split labels are read only for the diagnostic pseudo-label accuracy.
+
+Speed (docs/speed.md): the views can be made on the GPU (``gpu_train_views``); the no-grad views go
+through one batched forward; the strong view's forward runs through ``FairModel.forward`` (wrapped in
+DDP under torchrun, the class-balance term over the global batch).
 """
 import math
 
@@ -29,7 +33,9 @@ from ._alignment import (
     crop_relevance, crop_weights, description_prototypes, description_weights, mean_description_embedding,
     select_top_crops, weighted_composite,
 )
+from . import _distributed
 from ._clip_base import ClipTrainer, TrainableState, unfreeze_visual_layernorms
+from ._gpu_views import center_view, local_crops, strong_view, weak_view
 from ._losses import RunningMarginal, class_balance_loss, global_batch_mean, weighted_cross_entropy
 from ._views import LocalCrops, strong_transform, weak_transform
 
@@ -109,12 +115,20 @@ def ambiguity_weights(s_fix, las, fused, pseudo, rule, scale=100.0):
 class FairModel(TrainableState):
     """CLIP (visual LayerNorms trainable) + Class Description Anchors. Checkpoints hold only those."""
 
-    def __init__(self, clip_model, anchors, desc_mask=None, class_emb=None):
+    def __init__(self, clip_model, anchors, desc_mask=None, class_emb=None, bf16=False):
         super().__init__()
         self.clip = clip_model
         self.anchors = nn.Parameter(anchors.clone())  # [K, D] or [K, M, D]
         self.register_buffer("desc_mask", desc_mask, persistent=False)
         self.register_buffer("class_emb", class_emb, persistent=False)
+        self.bf16 = bf16  # autocast the image tower in bf16 (fp32 master weights)
+
+    def forward(self, images):
+        """The differentiable part of a step (what DDP wraps): L2-normalised image features (fp32) and
+        the class vectors."""
+        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            feats = self.clip.encode_image(images)
+        return F.normalize(feats.float(), dim=-1), self.class_vectors()
 
     def class_vectors(self):
         """One L2-normalised vector per class ``[K, D]`` (the classifier of LAS, training and inference)."""
@@ -160,6 +174,18 @@ class FAIR(ClipTrainer):
 
         return [build_transform(self.cfg, is_train=False), self.local_crops()]
 
+    def gpu_train_views(self):
+        """The views of ``custom_train_transform`` for the GPU path (keys img, img2, img3)."""
+        c = self.cfg.TRAINER.FAIR
+        return [weak_view(), strong_view(c.STRONG_SCALE, c.RANDAUGMENT_M, c.RANDAUGMENT_N),
+                local_crops(c.N_CROPS, c.CROP_MIN_FRAC, c.CROP_MAX_FRAC)]
+
+    def gpu_test_views(self):
+        c = self.cfg.TRAINER.FAIR
+        if c.TEST_LAS:
+            return [center_view(), local_crops(c.N_CROPS, c.CROP_MIN_FRAC, c.CROP_MAX_FRAC)]
+        return [center_view()]
+
     # ------------------------------------------------------------------ model
     def build_method(self):
         c = self.cfg.TRAINER.FAIR
@@ -174,7 +200,9 @@ class FAIR(ClipTrainer):
         else:
             model = FairModel(self.clip_model, desc_emb, desc_mask, class_emb)
         unfreeze_visual_layernorms(self.clip_model)
+        model.bf16 = self.prec == "bf16"
         self.model = model.to(self.device)
+        self.train_model = _distributed.wrap_model(self.model, self.device)  # DDP under torchrun
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optim = build_optimizer(params, self.cfg.OPTIM)
         total_steps = max(1, self.cfg.OPTIM.MAX_EPOCH * len(self.train_loader_x))
@@ -205,10 +233,12 @@ class FAIR(ClipTrainer):
             weights = ambiguity_weights(s_fix, las, fused, pseudo, c.WEIGHTING, c.LOGIT_SCALE)
         return pseudo, weights, s_fix, las
 
-    def fair_loss(self, strong_feats, pseudo, weights):
+    def fair_loss(self, strong_feats, pseudo, weights, class_vectors=None):
         """Weighted CE of the strong view against the anchors + lambda * class balance."""
         c = self.cfg.TRAINER.FAIR
-        logits = c.LOGIT_SCALE * strong_feats @ self.model.class_vectors().t()
+        if class_vectors is None:
+            class_vectors = self.model.class_vectors()
+        logits = c.LOGIT_SCALE * strong_feats @ class_vectors.t()
         loss_st = weighted_cross_entropy(logits, pseudo, weights)
         loss_bal = torch.zeros((), device=logits.device)
         if c.BALANCE != "none":
@@ -225,7 +255,8 @@ class FAIR(ClipTrainer):
         strong = batch["img2"].to(self.device, non_blocking=True)
         crops = batch["img3"].to(self.device, non_blocking=True)
         pseudo, weights, s_fix, las = self.pseudo_labels(weak, crops)
-        loss, loss_st, loss_bal = self.fair_loss(self.encode_images(strong), pseudo, weights)
+        strong_feats, class_vectors = self.train_model(strong)
+        loss, loss_st, loss_bal = self.fair_loss(strong_feats, pseudo, weights, class_vectors)
         try:
             self.model_backward_and_update(loss)
         except FloatingPointError as exc:
