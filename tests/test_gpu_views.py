@@ -271,3 +271,56 @@ def test_canvas_batches_pad_and_record_sizes():
     assert batch["canvas"].shape == (2, 40, 30, 3) and batch["sizes"].tolist() == [[20, 30], [40, 10]]
     assert torch.equal(batch["canvas"][1, :40, :10], torch.from_numpy(imgs[1]))
     assert batch["canvas"][1, 5, 20].sum() == 0  # padding beyond the edge copy stays black
+
+
+# ---------------------------------------------------------------------------- the trainer on the GPU path
+@pytest.fixture(scope="module")
+def mini_pets(tmp_path_factory):
+    from tools.make_miniature_data import make_oxford_pets
+
+    root = tmp_path_factory.mktemp("data")
+    make_oxford_pets(str(root), classes=3, per_class=6, size=40)
+    return str(root)
+
+
+def _fair_trainer(root, clip_path, out, *opts):
+    from toolbox import build_trainer, set_random_seed
+    from train import build_parser, setup_cfg
+
+    args = build_parser().parse_args([
+        "--root", root, "--trainer", "FAIR", "--seed", "1", "--output-dir", out,
+        "--dataset-config-file", os.path.join(REPO, "configs/datasets/oxford_pets.yaml"),
+        "--config-file", os.path.join(REPO, "configs/trainers/FAIR/vit_b32.yaml"),
+        "MODEL.BACKBONE.PATH", clip_path, "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
+        "OPTIM.MAX_EPOCH", "1", "TRAINER.FAIR.N_CROPS", "3", "TRAINER.FAIR.TOP_K", "2", "VERBOSE", "False", *opts])
+    cfg = setup_cfg(args)
+    set_random_seed(cfg.SEED)
+    return build_trainer(cfg)
+
+
+def test_fair_trains_and_tests_on_the_gpu_view_path(mini_pets, tiny_clip, tmp_path):
+    cache = str(tmp_path / "decoded")
+    gpu = _fair_trainer(mini_pets, tiny_clip, str(tmp_path / "gpu"), "DATALOADER.GPU_VIEWS", "always",
+                        "DATALOADER.DECODED_CACHE_DIR", cache, "TRAINER.FAIR.PREC", "bf16")
+    assert gpu.view_path == {"train": "gpu", "test": "gpu"}
+    batch = next(iter(gpu.train_loader_x))
+    assert batch["img"].shape == (4, 3, 224, 224) and batch["img3"].shape == (4, 3, 3, 224, 224)
+    gpu.before_epoch()
+    gpu.epoch, gpu.batch_idx = 0, 0
+    assert torch.isfinite(gpu.forward_backward(batch)["loss"])
+    assert 0 <= gpu.test() <= 100
+    assert os.path.isfile(os.path.join(str(tmp_path / "gpu"), "results.json"))
+    assert len([f for f in os.listdir(cache) if f.endswith(".json")]) == 3  # train, val and test splits cached
+
+    # the test views equal the CPU path's CLIP preprocessing (the cache keeps these small images whole)
+    cpu = _fair_trainer(mini_pets, tiny_clip, str(tmp_path / "cpu"), "DATALOADER.GPU_VIEWS", "never")
+    assert cpu.view_path == {"train": "cpu-pil", "test": "cpu-pil"}
+    a, b = next(iter(gpu.test_loader)), next(iter(cpu.test_loader))
+    assert a["impath"] == b["impath"]
+    diff = (unnormalize(a["img"]) - unnormalize(b["img"])).abs() * 255
+    assert diff.mean() < 0.5 and diff.max() < 3
+
+
+def test_gpu_views_mode_is_checked(mini_pets, tiny_clip, tmp_path):
+    with pytest.raises(UserError, match="DATALOADER.GPU_VIEWS='on' is not one of auto, always, never"):
+        _fair_trainer(mini_pets, tiny_clip, str(tmp_path / "x"), "DATALOADER.GPU_VIEWS", "on")

@@ -107,12 +107,14 @@ def axis_weights(start, length, lo, hi, in_size, out_size, interpolation="bicubi
 
 
 def resample(src, wy, wx):
-    """Views ``[B, V, C, S, S]`` of ``src`` ``[B, C, H, W]`` given ``wy`` ``[B, V, S, H]``, ``wx`` ``[B, V, S, W]``."""
+    """Views ``[B, V, C, S, S]`` of ``src`` ``[B, C, H, W]`` (values 0..255) given ``wy`` ``[B, V, S, H]``,
+    ``wx`` ``[B, V, S, W]``."""
     b, c, h, w = src.shape
     v, s = wy.shape[1], wy.shape[2]
     # x first: one product per image for all its views, then y per (image, view).
     wx_t = wx.to(src.dtype).permute(0, 3, 1, 2).reshape(b, w, v * s)
     cols = torch.bmm(src.reshape(b, c * h, w), wx_t)  # [B, C*H, V*S]
+    cols = cols.round_().clamp_(0.0, 255.0)  # PIL keeps the horizontal pass in uint8 too
     cols = cols.view(b, c, h, v, s).permute(0, 3, 2, 1, 4).reshape(b * v, h, c * s)
     out = torch.bmm(wy.to(src.dtype).reshape(b * v, s, h), cols)  # [B*V, S, C*S]
     return out.view(b, v, s, c, s).permute(0, 1, 3, 2, 4)
