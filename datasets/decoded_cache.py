@@ -255,15 +255,25 @@ class CachedImages(torch.utils.data.Dataset):
                 "index": idx}
 
 
-def collate_canvas(items, edge=2):
+def central_square(img):
+    """The centred min(H, W) square of ``img`` (what a resize + centre crop keeps; offsets rounded as
+    torchvision's CenterCrop rounds them)."""
+    h, w = img.shape[:2]
+    m = min(h, w)
+    top, left = int(round((h - m) / 2.0)), int(round((w - m) / 2.0))
+    return img[top:top + m, left:left + m]
+
+
+def collate_canvas(items, edge=2, center_square=False):
     """Batch variable-size images into one zero-padded ``canvas`` (uint8 ``[B, Hmax, Wmax, 3]``) with
     ``sizes`` (``[B, 2]``: h, w). ``edge`` pixels past each image repeat its last row/column so that a
-    cubic filter at the border never reads padding."""
-    sizes = np.array([it["img"].shape[:2] for it in items], dtype=np.int64)
+    cubic filter at the border never reads padding. ``center_square`` keeps only each image's central
+    square (enough for the centre view; smaller batches, no padding)."""
+    imgs = [central_square(it["img"]) if center_square else it["img"] for it in items]
+    sizes = np.array([img.shape[:2] for img in imgs], dtype=np.int64)
     hmax, wmax = sizes.max(0)
     canvas = np.zeros((len(items), hmax, wmax, 3), dtype=np.uint8)
-    for b, it in enumerate(items):
-        img = it["img"]
+    for b, img in enumerate(imgs):
         h, w = img.shape[:2]
         canvas[b, :h, :w] = img
         if edge:

@@ -106,6 +106,22 @@ def test_center_view_matches_clip_preprocessing(cfg, size):
     assert diff.mean() < 0.5 and diff.max() < 3, (float(diff.mean()), float(diff.max()))
 
 
+def test_center_view_from_the_test_cache_matches_clip_preprocessing(cfg, tmp_path):
+    """Test splits are cached at the input size and batched as central squares (the trainer's layout)."""
+    from toolbox import build_transform
+
+    for i, size in enumerate([(200, 150), (90, 160)]):
+        path = str(tmp_path / "img{}.png".format(i))
+        Image.fromarray(natural_image(*size, seed=i)).save(path)
+        cached = decode_resized(path, S)
+        batch = collate_canvas([{"img": cached, "label": 0, "domain": 0, "impath": path, "index": 0}], center_square=True)
+        assert batch["canvas"].shape[1:3] == (S, S)
+        out = GpuViews(S, MEAN, STD)(batch["canvas"], batch["sizes"], [center_view()])["img"][0]
+        ref = build_transform(cfg, is_train=False)(Image.open(path).convert("RGB"))
+        diff = (unnormalize(out) - unnormalize(ref)).abs() * 255
+        assert diff.mean() < 0.5 and diff.max() <= 2, (size, float(diff.mean()), float(diff.max()))
+
+
 @pytest.mark.parametrize("op", ["Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize",
                                 "AutoContrast", "Equalize"])
 def test_each_colour_op_matches_pil(op):

@@ -16,6 +16,7 @@
 """
 import contextlib
 import datetime
+import functools
 import os.path as osp
 import resource
 import time
@@ -118,11 +119,14 @@ class ClipTrainer(TrainerX):
                 self.cfg.DATALOADER.GPU_VIEWS, ", ".join(GPU_VIEW_MODES)))
         return mode == "always" or (mode == "auto" and self.device.type == "cuda")
 
-    def cached_loader(self, items, split, is_train):
-        """A DataLoader of uint8 canvases over ``items`` from the decode-once cache."""
+    def cached_loader(self, items, split, is_train, center_only=False):
+        """A DataLoader of uint8 canvases over ``items`` from the decode-once cache. ``center_only``: the
+        split needs only the centre view, so its images are cached at the input size (the centre view is
+        then CLIP's resize + crop, nearly pixel for pixel) and batched as central squares."""
         cfg = self.cfg
+        side = max(cfg.INPUT.SIZE) if center_only else cfg.DATALOADER.DECODED_CACHE_SIDE
         cache = open_decoded_cache(
-            [item.impath for item in items], cfg.DATALOADER.DECODED_CACHE_SIDE, cfg.DATALOADER.DECODED_CACHE,
+            [item.impath for item in items], side, cfg.DATALOADER.DECODED_CACHE,
             cfg.DATALOADER.DECODED_CACHE_DIR, workers=cfg.DATALOADER.NUM_WORKERS,
             max_unreadable=cfg.DATASET.MAX_UNREADABLE, label="{} {}".format(cfg.DATASET.NAME, split))
         dataset = CachedImages(items, cache)
@@ -130,8 +134,9 @@ class ClipTrainer(TrainerX):
         workers = cfg.DATALOADER.NUM_WORKERS
         return DataLoader(
             dataset, batch_size=batch, sampler=RandomSampler(dataset) if is_train else SequentialSampler(dataset),
-            num_workers=workers, collate_fn=collate_canvas, pin_memory=self.device.type == "cuda",
-            drop_last=is_train and len(dataset) >= batch, persistent_workers=workers > 0)
+            num_workers=workers, collate_fn=functools.partial(collate_canvas, center_square=center_only),
+            pin_memory=self.device.type == "cuda", drop_last=is_train and len(dataset) >= batch,
+            persistent_workers=workers > 0)
 
     def build_gpu_view_loaders(self, dm):
         seed = max(int(self.cfg.SEED), 0) * 1000 + self.rank
@@ -142,10 +147,11 @@ class ClipTrainer(TrainerX):
             self.train_loader_x = DeviceViewLoader(_distributed.train_loader(loader, self.cfg.SEED), views, train_specs)
             self.view_path["train"] = "gpu"
         if test_specs:
-            loader = self.cached_loader(dm.dataset.test, "test", is_train=False)
+            center_only = all(spec.kind == "center" for spec in test_specs)
+            loader = self.cached_loader(dm.dataset.test, "test", is_train=False, center_only=center_only)
             self.test_loader = DeviceViewLoader(_distributed.eval_loader(loader), views, test_specs)
             if dm.dataset.val:
-                loader = self.cached_loader(dm.dataset.val, "val", is_train=False)
+                loader = self.cached_loader(dm.dataset.val, "val", is_train=False, center_only=center_only)
                 self.val_loader = DeviceViewLoader(_distributed.eval_loader(loader), views, test_specs)
             self.view_path["test"] = "gpu"
         print("Views: train on {train}, test on {test}".format(**self.view_path))
