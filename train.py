@@ -16,7 +16,7 @@ import sys
 import torch
 
 from toolbox import (
-    BACKEND, DASSL_IMPORT_ERROR, UserError, build_trainer, collect_env_info, get_cfg_default,
+    BACKEND, DASSL_IMPORT_ERROR, UserError, build_trainer, get_cfg_default,
     set_random_seed, setup_logger,
 )
 
@@ -35,6 +35,28 @@ def print_args(args, cfg):
     print("** Config **")
     print("************")
     print(cfg)
+
+
+def env_summary():
+    """The versions and hardware a run depends on. (Dassl prints torch's full collect_env report, whose
+    subprocesses cost seconds per run; ``toolbox.collect_env_info()`` still gives it.)"""
+    import platform
+
+    import PIL
+    import torchvision
+
+    lines = [
+        "Python {} ({})".format(platform.python_version(), platform.platform()),
+        "PyTorch {} (CUDA {}, cuDNN {}), torchvision {}, Pillow {}".format(
+            torch.__version__, torch.version.cuda, torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+            torchvision.__version__, PIL.__version__),
+        "CPU threads: {}".format(torch.get_num_threads()),
+    ]
+    if torch.cuda.is_available():
+        lines += ["GPU {}: {}".format(i, torch.cuda.get_device_name(i)) for i in range(torch.cuda.device_count())]
+    else:
+        lines.append("GPU: none")
+    return "\n".join(lines)
 
 
 def reset_cfg(cfg, args):
@@ -166,8 +188,7 @@ def main(args):
         BACKEND, "" if BACKEND == "dassl" or not DASSL_IMPORT_ERROR else " (dassl not importable: {})".format(DASSL_IMPORT_ERROR)
     ))
     print_args(args, cfg)
-    print("Collecting env info ...")
-    print("** System info **\n{}\n".format(collect_env_info()))
+    print("** System info **\n{}\n".format(env_summary()))
 
     trainer = build_trainer(cfg)
     _distributed.reseed_for_rank(cfg.SEED)  # own augmentation stream per rank (the model is built)
