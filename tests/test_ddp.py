@@ -1,4 +1,5 @@
 """DDP on CPU (gloo): 2 processes with batch B optimise the same objective as 1 process with batch 2B.
+(``FAIRCLIP_DDP_DEVICE=cuda`` runs the same checks on 2 GPUs with NCCL: tools/gpu_check.sh does.)
 
 Each process builds the real FAIR trainer (tiny CLIP, miniature tree) and runs one ``forward_backward``
 on its half of a fixed batch; the single process runs the whole batch. Same loss (mean over ranks),
@@ -18,6 +19,7 @@ from tests.conftest import REPO, run_cli
 
 B = 4  # per-process batch
 N_CROPS = 3
+CUDA = os.environ.get("FAIRCLIP_DDP_DEVICE", "cpu") == "cuda"
 
 
 def _free_port():
@@ -35,7 +37,7 @@ def _cfg(root, clip_path, out, batch, *opts):
         "--config-file", os.path.join(REPO, "configs/trainers/FAIR/vit_b32.yaml"),
         "MODEL.BACKBONE.PATH", clip_path, "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", str(batch),
         "OPTIM.MAX_EPOCH", "1", "TRAINER.FAIR.N_CROPS", str(N_CROPS), "TRAINER.FAIR.TOP_K", "2", "VERBOSE", "False",
-        "USE_CUDA", "False", "TRAINER.FAIR.LOGIT_SCALE", "10.0",  # a softer softmax: both loss terms matter
+        "USE_CUDA", str(CUDA), "TRAINER.FAIR.LOGIT_SCALE", "10.0",  # a softer softmax: both loss terms matter
         *opts,
     ])
     return setup_cfg(args)
@@ -59,8 +61,8 @@ def _one_step(cfg, rows):
     out = trainer.forward_backward(batch)
     trainable = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
     evaluation = trainer.evaluate()
-    return {"loss": out["loss"].item(), "grads": {n: p.grad.clone() for n, p in trainable},
-            "params": {n: p.detach().clone() for n, p in trainable}, "n_eval": evaluation["n_images"],
+    return {"loss": out["loss"].item(), "grads": {n: p.grad.cpu().clone() for n, p in trainable},
+            "params": {n: p.detach().cpu().clone() for n, p in trainable}, "n_eval": evaluation["n_images"],
             "acc": evaluation["results"]["accuracy"], "train_batches": len(trainer.train_loader_x),
             "world_size": trainer.world_size}
 
@@ -70,7 +72,7 @@ def _worker(rank, world, port, root, clip_path, out, result_dir, opts):
                       LOCAL_RANK=str(rank))
     from trainers import _distributed
 
-    _distributed.init_from_env(use_cuda=False)
+    _distributed.init_from_env(use_cuda=CUDA)
     try:
         result = _one_step(_cfg(root, clip_path, out, B, *opts), slice(rank * B, (rank + 1) * B))
         torch.save(result, os.path.join(result_dir, "rank{}.pt".format(rank)))
@@ -118,7 +120,7 @@ def test_torchrun_end_to_end_rank0_writes_everything(mini_pets, tiny_clip, tmp_p
            "--dataset-config-file", os.path.join(REPO, "configs/datasets/oxford_pets.yaml"),
            "--config-file", os.path.join(REPO, "configs/trainers/FAIR/vit_b32.yaml"),
            "MODEL.BACKBONE.PATH", tiny_clip, "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "2",
-           "OPTIM.MAX_EPOCH", "1", "TRAINER.FAIR.N_CROPS", "2", "TRAINER.FAIR.TOP_K", "1", "USE_CUDA", "False"]
+           "OPTIM.MAX_EPOCH", "1", "TRAINER.FAIR.N_CROPS", "2", "TRAINER.FAIR.TOP_K", "1", "USE_CUDA", str(CUDA)]
     res = run_cli(cmd, env={"OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     logs = [f for f in os.listdir(str(out)) if f.startswith("log.txt")]

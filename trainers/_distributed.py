@@ -15,6 +15,7 @@ the process group (NCCL on GPUs, gloo on CPU) and pins the process to its GPU. T
 * rank 0 alone logs, writes checkpoints, TensorBoard events and results.
 Without torchrun every helper is a no-op and the single-process path is unchanged.
 """
+import inspect
 import os
 
 import torch
@@ -90,8 +91,11 @@ def wrap_model(module, device):
 
     device_ids = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else None
-    # broadcast_buffers off: our buffers are constants derived from the text side, identical on every rank.
-    return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+    # No buffer sync per forward: our buffers are constants derived from the text side, equal on every rank
+    # (newer torch names the switch forward_sync_buffers, older broadcast_buffers).
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return DistributedDataParallel(module, device_ids=device_ids, **no_sync)
 
 
 # ---------------------------------------------------------------------------- data
