@@ -326,7 +326,7 @@ def test_fair_trains_and_tests_on_the_gpu_view_path(mini_pets, tiny_clip, tmp_pa
     assert torch.isfinite(gpu.forward_backward(batch)["loss"])
     assert 0 <= gpu.test() <= 100
     assert os.path.isfile(os.path.join(str(tmp_path / "gpu"), "results.json"))
-    assert len([f for f in os.listdir(cache) if f.endswith(".json")]) == 3  # train, val and test splits cached
+    assert len([f for f in os.listdir(cache) if f.endswith(".json")]) == 2  # train and test (val is unused)
 
     # the test views equal the CPU path's CLIP preprocessing (the cache keeps these small images whole)
     cpu = _fair_trainer(mini_pets, tiny_clip, str(tmp_path / "cpu"), "DATALOADER.GPU_VIEWS", "never")

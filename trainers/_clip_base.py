@@ -150,7 +150,8 @@ class ClipTrainer(TrainerX):
             center_only = all(spec.kind == "center" for spec in test_specs)
             loader = self.cached_loader(dm.dataset.test, "test", is_train=False, center_only=center_only)
             self.test_loader = DeviceViewLoader(_distributed.eval_loader(loader), views, test_specs)
-            if dm.dataset.val:
+            uses_val = self.cfg.TEST.SPLIT == "val" or self.cfg.TEST.FINAL_MODEL == "best_val"
+            if dm.dataset.val and uses_val:  # else the val split is never read: not worth decoding
                 loader = self.cached_loader(dm.dataset.val, "val", is_train=False, center_only=center_only)
                 self.val_loader = DeviceViewLoader(_distributed.eval_loader(loader), views, test_specs)
             self.view_path["test"] = "gpu"
