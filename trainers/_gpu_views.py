@@ -139,6 +139,8 @@ class GpuViews:
         std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._scale, self._shift = 1.0 / (255.0 * std), mean / std
+        # made once: a tensor built from a Python list is a blocking host-to-device copy (a host sync)
+        self._smooth = torch.tensor(_SMOOTH, device=self.device).div(13.0).expand(3, 1, 3, 3)
         # bf16 products on CUDA (tensor cores; integers up to 256 are exact), fp32 elsewhere.
         self.compute_dtype = compute_dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
 
@@ -308,9 +310,8 @@ class GpuViews:
         # ImageEnhance: blend with a degenerate image, factor 1 + signed magnitude.
         gray = torch.round(0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
         mean = torch.round(gray.mean(dim=(2, 3), keepdim=True))
-        kernel = torch.tensor(_SMOOTH, device=x.device).div(13.0).expand(3, 1, 3, 3)
         blur = x.clone()
-        blur[:, :, 1:-1, 1:-1] = torch.round(F.conv2d(x, kernel, groups=3))  # PIL keeps the border pixels
+        blur[:, :, 1:-1, 1:-1] = torch.round(F.conv2d(x, self._smooth.to(x.device), groups=3))  # PIL keeps the border
         degenerate = torch.where(pick("Color"), gray, torch.where(pick("Contrast"), mean, blur))
         degenerate = torch.where(pick("Brightness"), torch.zeros_like(x), degenerate)
         blend = pick("Brightness") | pick("Color") | pick("Contrast") | pick("Sharpness")
@@ -346,8 +347,9 @@ def equalize(x):
 class DeviceViewLoader:
     """Wraps a DataLoader of cached uint8 canvases (``datasets.decoded_cache.collate_canvas``): yields
     the same batches with ``canvas``/``sizes`` replaced by the views of ``specs`` made on the device,
-    under the batch keys the CPU path uses (``img``, ``img2``, ...). On CUDA the next batch's copy to the
-    GPU runs on a side stream while the current batch is being used."""
+    under the batch keys the CPU path uses (``img``, ``img2``, ...). On CUDA every tensor of the batch
+    (labels too) is on the device, and the next batch's copy runs on a side stream while the current
+    batch is being used."""
 
     def __init__(self, loader, views, specs):
         self.loader = loader
@@ -382,18 +384,22 @@ class DeviceViewLoader:
         copy_stream = torch.cuda.Stream(device)
 
         def upload(batch):
+            # Every tensor goes over asynchronously from pinned memory: a plain .to(device) of the labels in
+            # the step would be a blocking copy, i.e. a host sync per step.
             if batch is None:
                 return None
             with torch.cuda.stream(copy_stream):
-                return batch, batch.pop("canvas").to(device, non_blocking=True), batch.pop("sizes").to(device, non_blocking=True)
+                moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            return moved
 
         batches = iter(self.loader)
         pending = upload(next(batches, None))
         while pending is not None:
-            batch, canvas, sizes = pending
+            batch = pending
             current = torch.cuda.current_stream(device)
             current.wait_stream(copy_stream)
-            canvas.record_stream(current)
-            sizes.record_stream(current)
+            for value in batch.values():
+                if torch.is_tensor(value):
+                    value.record_stream(current)
             pending = upload(next(batches, None))
-            yield self._finish(batch, canvas, sizes)
+            yield self._finish(batch, batch.pop("canvas"), batch.pop("sizes"))
