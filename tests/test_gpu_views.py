@@ -122,6 +122,27 @@ def test_center_view_from_the_test_cache_matches_clip_preprocessing(cfg, tmp_pat
         assert diff.mean() < 0.5 and diff.max() <= 2, (size, float(diff.mean()), float(diff.max()))
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
+def test_banded_resampling_weights_equal_the_dense_definition(interpolation):
+    """Each source pixel p gets kernel((p + 0.5 - centre) / max(scale, 1)) inside the allowed range, rows sum to 1."""
+    from trainers._gpu_views import _FILTERS, axis_weights
+
+    g = torch.Generator().manual_seed(0)
+    b, v, in_size, out = 6, 4, 300, 48
+    length = torch.rand(b, v, generator=g) * 280 + 5
+    start = torch.rand(b, v, generator=g) * (in_size - length)
+    lo = torch.where(torch.rand(b, v, generator=g) < 0.5, start, torch.zeros(b, v))
+    hi = torch.where(lo > 0, start + length, torch.full((b, v), float(in_size)))
+    kernel, _ = _FILTERS[interpolation]
+    scale = length / out
+    centres = start[..., None] + (torch.arange(out) + 0.5) * scale[..., None]
+    pos = torch.arange(in_size) + 0.5
+    dense = kernel((pos - centres[..., None]) / scale.clamp_min(1.0)[..., None, None])
+    dense = dense * ((pos >= lo.floor()[..., None, None]) & (pos < hi.ceil()[..., None, None]))
+    dense = dense / dense.sum(-1, keepdim=True)
+    assert torch.allclose(axis_weights(start, length, lo, hi, in_size, out, interpolation), dense, atol=1e-6)
+
+
 @pytest.mark.parametrize("op", ["Brightness", "Color", "Contrast", "Sharpness", "Posterize", "Solarize",
                                 "AutoContrast", "Equalize"])
 def test_each_colour_op_matches_pil(op):

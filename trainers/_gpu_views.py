@@ -9,7 +9,8 @@ The same views as the CPU/PIL reference in ``trainers/_views.py`` (and CLIP's te
 
 How: each view is a box in the source image; every box of a batch (all views of all images) is
 resampled in two batched matrix products with PIL's antialiased filters (bicubic a=-0.5 / bilinear,
-taps limited to the box as ``img.crop(box).resize()`` does), so pixels follow PIL closely. RandAugment
+taps limited to the box as ``img.crop(box).resize()`` does, horizontal then vertical with an 8-bit
+intermediate), so pixels follow PIL closely. RandAugment
 runs per image in its sampled op order on the resampled uint8-valued view: geometric ops by a nearest
 ``grid_sample`` with black fill (torchvision's defaults), colour ops as batched per-image arithmetic
 that mirrors PIL's (ImageEnhance blends, posterize, solarize, autocontrast, equalize).
@@ -90,33 +91,41 @@ def _box(x):
 _FILTERS = {"bicubic": (_bicubic, 2.0), "bilinear": (_triangle, 1.0), "nearest": (_box, 0.5)}
 
 
-def axis_weights(start, length, lo, hi, in_size, out_size, interpolation="bicubic"):
+def axis_weights(start, length, lo, hi, in_size, out_size, interpolation="bicubic", dtype=torch.float32):
     """Resampling matrices ``[..., out_size, in_size]``: output pixel o of the box ``[start, start+length)``
     reads source pixels p in ``[lo, hi)`` with PIL's antialiased filter (support widened by the
-    downscale factor), weights normalised to sum 1. All arguments but the sizes are float tensors [...]."""
+    downscale factor), weights normalised to sum 1. All arguments but the sizes are float tensors [...].
+
+    Only the taps inside the filter's support are evaluated (a band of ``k`` per output pixel, ``k``
+    bounded from the sizes, so no host sync) and scattered into the dense matrix."""
     kernel, support = _FILTERS[interpolation]
     device = start.device
     scale = length / out_size
-    fscale = scale.clamp_min(1.0)[..., None, None]
+    fscale = scale.clamp_min(1.0)[..., None]  # [..., 1]
     centres = start[..., None] + (torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) * scale[..., None]
-    pos = torch.arange(in_size, device=device, dtype=torch.float32) + 0.5  # source pixel centres
-    w = kernel((pos - centres[..., None]) / fscale)
-    inside = (pos >= lo.floor()[..., None, None]) & (pos < hi.ceil()[..., None, None])
+    k = int(math.ceil(2.0 * support * max(1.0, in_size / out_size))) + 2
+    first = torch.floor(centres - support * fscale - 0.5)  # [..., out]
+    taps = first[..., None] + torch.arange(k, device=device, dtype=torch.float32)  # [..., out, k]
+    w = kernel((taps + 0.5 - centres[..., None]) / fscale[..., None])
+    inside = (taps >= lo.floor()[..., None, None]) & (taps < hi.ceil()[..., None, None])
+    inside &= (taps >= 0) & (taps < in_size)
     w = w * inside
-    return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+    w = (w / w.sum(-1, keepdim=True).clamp_min(1e-12)).to(dtype)
+    dense = torch.zeros(w.shape[:-1] + (in_size,), device=device, dtype=dtype)
+    # add, not write: clamped out-of-range taps carry weight 0 and must not overwrite a real tap
+    return dense.scatter_add_(-1, taps.clamp(0, in_size - 1).long(), w)
 
 
 def resample(src, wy, wx):
     """Views ``[B, V, C, S, S]`` of ``src`` ``[B, C, H, W]`` (values 0..255) given ``wy`` ``[B, V, S, H]``,
-    ``wx`` ``[B, V, S, W]``."""
+    ``wx`` ``[B, V, S, W]`` (same dtype as ``src``)."""
     b, c, h, w = src.shape
     v, s = wy.shape[1], wy.shape[2]
-    # x first: one product per image for all its views, then y per (image, view).
-    wx_t = wx.to(src.dtype).permute(0, 3, 1, 2).reshape(b, w, v * s)
-    cols = torch.bmm(src.reshape(b, c * h, w), wx_t)  # [B, C*H, V*S]
-    cols = cols.round_().clamp_(0.0, 255.0)  # PIL keeps the horizontal pass in uint8 too
+    # Horizontal first (PIL's order), one product per image for all its views (wx read transposed, in place).
+    cols = torch.bmm(src.reshape(b, c * h, w), wx.reshape(b, v * s, w).transpose(1, 2))  # [B, C*H, V*S]
+    cols = cols.round_().clamp_(0.0, 255.0)  # an 8-bit intermediate, as PIL's two-pass resize has
     cols = cols.view(b, c, h, v, s).permute(0, 3, 2, 1, 4).reshape(b * v, h, c * s)
-    out = torch.bmm(wy.to(src.dtype).reshape(b * v, s, h), cols)  # [B*V, S, C*S]
+    out = torch.bmm(wy.reshape(b * v, s, h), cols)  # [B*V, S, C*S]
     return out.view(b, v, s, c, s).permute(0, 1, 3, 2, 4)
 
 
@@ -240,8 +249,8 @@ class GpuViews:
         x0, y0, bw, bh, lo_x, hi_x, lo_y, hi_y = (torch.cat(p, dim=1) for p in zip(*boxes))
         src = canvas.permute(0, 3, 1, 2).contiguous().to(self.compute_dtype)
         s = self.size
-        wx = axis_weights(x0, bw, lo_x, hi_x, src.shape[3], s, self.interpolation)
-        wy = axis_weights(y0, bh, lo_y, hi_y, src.shape[2], s, self.interpolation)
+        wx = axis_weights(x0, bw, lo_x, hi_x, src.shape[3], s, self.interpolation, self.compute_dtype)
+        wy = axis_weights(y0, bh, lo_y, hi_y, src.shape[2], s, self.interpolation, self.compute_dtype)
         start = 0
         for spec, flip in zip(specs, flips):  # a flip reverses the output columns of that view
             if flip is not None:
