@@ -115,28 +115,46 @@ def test_cupl_reads_a_user_cupl_file_and_names_missing_classes(mini_dtd, tiny_cl
     assert not os.path.exists(tmp_path / "bad" / "results.json")
 
 
-def test_bad_command_lines_fail_with_one_line(mini_dtd, tiny_clip, tmp_path):
-    base = ["--root", mini_dtd, "--trainer", "ZeroshotCLIP", "--eval-only", "--output-dir", tmp_path / "o",
+def test_bad_command_lines_fail_with_one_line(mini_dtd, tiny_clip, tmp_path, capsys):
+    """train.py's entry point, in this process: exit status 2 and exactly one ``ERROR:`` line, no traceback."""
+    import sys
+
+    import train
+
+    base = ["--root", mini_dtd, "--trainer", "ZeroshotCLIP", "--eval-only", "--output-dir", str(tmp_path / "o"),
             "--dataset-config-file", os.path.join(REPO, "configs/datasets/dtd.yaml")]
     zs_cfg = os.path.join(REPO, "configs/trainers/ZeroshotCLIP/vit_b32.yaml")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("OPTIM:\n  LERNING_RATE: 0.1\n")
     cases = [
-        (["--config-file", tmp_path / "missing.yaml"], "method config file"),
-        (["--config-file", bad_yaml], "unknown config key 'OPTIM.LERNING_RATE'"),
+        (["--config-file", str(tmp_path / "missing.yaml")], "method config file"),
+        (["--config-file", str(bad_yaml)], "unknown config key 'OPTIM.LERNING_RATE'"),
         (["--config-file", zs_cfg, "OPTIM.LRR", "0.1"], "unknown config key 'OPTIM.LRR'"),
         (["--config-file", zs_cfg, "OPTIM.LR"], "KEY VALUE pairs"),
         (["--config-file", zs_cfg, "OPTIM.LR", "0.1", "--seed", "3"], "option --seed comes after the KEY VALUE"),
-        (["--config-file", zs_cfg, "MODEL.BACKBONE.PATH", tmp_path / "none.pt"], "does not exist"),
+        (["--config-file", zs_cfg, "MODEL.BACKBONE.PATH", str(tmp_path / "none.pt")], "does not exist"),
         (["--config-file", zs_cfg, "MODEL.BACKBONE.PATH", tiny_clip, "INPUT.SIZE", "(32, 32)"],
          "does not match the CLIP input resolution 224"),
     ]
+    stdout = sys.stdout
     for extra, message in cases:
-        res = train_py(*base, *extra)
-        assert res.returncode == 2, (extra, res.stderr[-1000:])
-        err_lines = [line for line in res.stderr.splitlines() if line.startswith("ERROR:")]
-        assert len(err_lines) == 1 and message in err_lines[0], (extra, res.stderr[-1000:])
-        assert "Traceback" not in res.stderr
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            try:
+                train.cli(base + extra)
+            finally:
+                if sys.stdout is not stdout:  # the run's log tee
+                    sys.stdout.close()
+                    sys.stdout = stdout
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, (extra, err)
+        err_lines = [line for line in err.splitlines() if line.startswith("ERROR:")]
+        assert len(err_lines) == 1 and message in err_lines[0], (extra, err)
+        assert "Traceback" not in err
+    # The same through a real process: the exit status and the single line reach the shell.
+    res = train_py(*base, "--config-file", zs_cfg, "OPTIM.LRR", "0.1")
+    assert res.returncode == 2 and res.stderr.strip() == "ERROR: command-line override: unknown config key " \
+        "'OPTIM.LRR' (check the spelling; keys are listed in the config dump of any run log)"
 
 
 def test_unknown_dataset_in_script_lists_choices(tmp_path):

@@ -45,6 +45,7 @@ DOMAINS = {
     "oxford_pets": ("Oxford-IIIT Pets: photos of cat and dog breeds", "A photo of {a} {name}, a type of pet"),
     "resisc45": ("NWPU-RESISC45: aerial remote-sensing scenes seen from straight above", "A satellite photo of {a} {name}"),
     "stanford_cars": ("Stanford Cars: photos of cars by make, model and year", "A photo of {a} {name}, a type of car"),
+    "synthetic": ("a synthetic world: coloured shapes with a small marking, on noisy backgrounds", "A photo of {a} {name}"),
     "sun397": ("SUN397: photos of indoor and outdoor scenes", "A photo of {a} {name}"),
     "ucf101": ("UCF101: frames from YouTube videos of people doing actions", "A video frame of the action {name}"),
 }
