@@ -361,3 +361,21 @@ def test_fair_trains_and_tests_on_the_gpu_view_path(mini_pets, tiny_clip, tmp_pa
 def test_gpu_views_mode_is_checked(mini_pets, tiny_clip, tmp_path):
     with pytest.raises(UserError, match="DATALOADER.GPU_VIEWS='on' is not one of auto, always, never"):
         _fair_trainer(mini_pets, tiny_clip, str(tmp_path / "x"), "DATALOADER.GPU_VIEWS", "on")
+
+
+def test_benchmark_runs_the_view_path_end_to_end_on_cpu(tmp_path):
+    """A smoke run of tools/benchmark (tiny CLIP, one step each): every workload reports a rate."""
+    import sys
+
+    from tests.conftest import run_cli
+
+    out = tmp_path / "bench"
+    res = run_cli([sys.executable, "-m", "tools.benchmark", "--device", "cpu", "--models", "tiny", "--steps", "1",
+                   "--rounds", "1", "--warmup", "0", "--batch", "2", "--eval-batch", "4", "--eval-batches", "2",
+                   "--classes", "3", "--decode-images", "4", "--pil-images", "2", "--out", str(out)])
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads((out / "benchmark.json").read_text())
+    rows = report["results"]["tiny"]
+    assert all(rows[w]["images_per_s"] > 0 for w in ("zeroshot", "must_step", "fair_step", "fair_model", "gpu_views"))
+    assert "fair_model_over_encoders" in report["overheads"]["tiny"]
+    assert "| tiny    | fair_step" in (out / "benchmark.md").read_text()
