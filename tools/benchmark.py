@@ -251,7 +251,7 @@ def bench_steps(args, trainer, device, workloads, prefix, specs):
     from trainers._gpu_views import DeviceViewLoader, GpuViews
 
     rows = {}
-    items, cache = synthetic_cache(max(4 * args.batch, 512), args.cache_side, trainer.num_classes, seed=1)
+    items, cache = synthetic_cache(max(64 * args.batch, 512), args.cache_side, trainer.num_classes, seed=1)  # no epoch end while timed
     views = GpuViews.from_cfg(trainer.cfg, device, seed=1)
     loader = DeviceViewLoader(cached_loader(items, cache, args.batch, args.workers, device, train=True), views, specs)
     trainer.before_epoch()
