@@ -251,7 +251,8 @@ def bench_steps(args, trainer, device, workloads, prefix, specs):
     from trainers._gpu_views import DeviceViewLoader, GpuViews
 
     rows = {}
-    items, cache = synthetic_cache(max(64 * args.batch, 512), args.cache_side, trainer.num_classes, seed=1)  # no epoch end while timed
+    n_items = max(64 * args.batch, 512)  # no loader epoch ends inside a timed run
+    items, cache = synthetic_cache(n_items, args.cache_side, trainer.num_classes, seed=1)
     views = GpuViews.from_cfg(trainer.cfg, device, seed=1)
     loader = DeviceViewLoader(cached_loader(items, cache, args.batch, args.workers, device, train=True), views, specs)
     trainer.before_epoch()
@@ -421,7 +422,8 @@ def main(argv=None):
         return 2
     defaults = {"precision": "bf16" if gpu else "fp32", "batch": 256 if gpu else 8, "eval_batch": 1024 if gpu else 16,
                 "eval_batches": 24 if gpu else 3, "models": ["vit-b32"] if gpu else list(MODELS),
-                "steps": 15 if gpu else 2, "warmup": 5 if gpu else 1, "rounds": 2 if gpu else 3, "workers": min(12, os.cpu_count() or 1) if gpu else 0,
+                "steps": 15 if gpu else 2, "warmup": 5 if gpu else 1, "rounds": 2 if gpu else 3,
+                "workers": min(12, os.cpu_count() or 1) if gpu else 0,
                 "classes": 37 if gpu else 10, "decode_images": 512 if gpu else 64, "pil_images": 64 if gpu else 16}
     for key, value in defaults.items():
         if getattr(args, key) is None:

@@ -217,7 +217,7 @@ class GpuViews:
         cw, ch = cw.gather(1, first).squeeze(1), ch.gather(1, first).squeeze(1)
         # fallback (no valid try): whole image clamped to the ratio range, centred
         in_ratio = w / h
-        fw = torch.where(in_ratio < spec.ratio[0], w, torch.where(in_ratio > spec.ratio[1], torch.round(h * spec.ratio[1]), w))
+        fw = torch.where(in_ratio > spec.ratio[1], torch.round(h * spec.ratio[1]), w)
         fh = torch.where(in_ratio < spec.ratio[0], torch.round(w / spec.ratio[0]), h)
         found = ok.any(1)
         cw, ch = torch.where(found, cw, fw), torch.where(found, ch, fh)
@@ -264,7 +264,8 @@ class GpuViews:
             if spec.kind == "strong":
                 part = self.randaugment(part[:, 0].round(), spec)[:, None]
             part = part * self._scale[:, None] - self._shift[:, None]
-            out["img" if i == 0 else "img{}".format(i + 1)] = part.contiguous() if spec.kind == "crops" else part[:, 0].contiguous()
+            part = part if spec.kind == "crops" else part[:, 0]
+            out["img" if i == 0 else "img{}".format(i + 1)] = part.contiguous()
         return out
 
     # ------------------------------------------------------------------ RandAugment
