@@ -27,7 +27,7 @@ DATASET_KEYS = {
     "synthetic": "SyntheticFG",
 }
 
-_NOT_READERS = {"common", "texts", "templates"}
+_NOT_READERS = {"common", "texts", "templates", "decoded_cache"}
 
 READER_MODULES = [
     importlib.import_module("{}.{}".format(__name__, info.name))

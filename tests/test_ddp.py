@@ -1,7 +1,7 @@
 """DDP on CPU (gloo): 2 processes with batch B optimise the same objective as 1 process with batch 2B.
 (``FAIRCLIP_DDP_DEVICE=cuda`` runs the same checks on 2 GPUs with NCCL: tools/gpu_check.sh does.)
 
-Each process builds the real FAIR trainer (tiny CLIP, miniature tree) and runs one ``forward_backward``
+Each process builds the real trainer (FAIR, and MUST; tiny CLIP, miniature tree) and runs one ``forward_backward``
 on its half of a fixed batch; the single process runs the whole batch. Same loss (mean over ranks),
 same gradients, same parameters after the step; evaluation counts every test image once. Then
 ``torchrun`` end to end: rank 0 alone writes the log, checkpoints and results.
@@ -28,17 +28,23 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _cfg(root, clip_path, out, batch, *opts):
+TRAINER_OPTS = {
+    # a softer softmax: both loss terms matter
+    "FAIR": ["TRAINER.FAIR.N_CROPS", str(N_CROPS), "TRAINER.FAIR.TOP_K", "2", "TRAINER.FAIR.LOGIT_SCALE", "10.0"],
+    # every sample confident (the CE term is non-zero), softer softmax
+    "MUST": ["TRAINER.MUST.CONF_THRESHOLD", "0.0", "TRAINER.MUST.LOGIT_SCALE", "10.0"],
+}
+
+
+def _cfg(root, clip_path, out, batch, *opts, trainer="FAIR"):
     from train import build_parser, setup_cfg
 
     args = build_parser().parse_args([
-        "--root", root, "--trainer", "FAIR", "--seed", "1", "--output-dir", out,
+        "--root", root, "--trainer", trainer, "--seed", "1", "--output-dir", out,
         "--dataset-config-file", os.path.join(REPO, "configs/datasets/oxford_pets.yaml"),
-        "--config-file", os.path.join(REPO, "configs/trainers/FAIR/vit_b32.yaml"),
+        "--config-file", os.path.join(REPO, "configs/trainers/{}/vit_b32.yaml".format(trainer)),
         "MODEL.BACKBONE.PATH", clip_path, "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", str(batch),
-        "OPTIM.MAX_EPOCH", "1", "TRAINER.FAIR.N_CROPS", str(N_CROPS), "TRAINER.FAIR.TOP_K", "2", "VERBOSE", "False",
-        "USE_CUDA", str(CUDA), "TRAINER.FAIR.LOGIT_SCALE", "10.0",  # a softer softmax: both loss terms matter
-        *opts,
+        "OPTIM.MAX_EPOCH", "1", "VERBOSE", "False", "USE_CUDA", str(CUDA), *TRAINER_OPTS[trainer], *opts,
     ])
     return setup_cfg(args)
 
@@ -56,7 +62,7 @@ def _one_step(cfg, rows):
     set_random_seed(cfg.SEED)
     trainer = build_trainer(cfg)
     batch = {k: v[rows] for k, v in _fixed_batch(2 * B).items()}
-    trainer.epoch, trainer.batch_idx = 0, 0
+    trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, len(trainer.train_loader_x)
     trainer.before_epoch()
     out = trainer.forward_backward(batch)
     trainable = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
@@ -67,14 +73,14 @@ def _one_step(cfg, rows):
             "world_size": trainer.world_size}
 
 
-def _worker(rank, world, port, root, clip_path, out, result_dir, opts):
+def _worker(rank, world, port, root, clip_path, out, result_dir, opts, trainer):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     from trainers import _distributed
 
     _distributed.init_from_env(use_cuda=CUDA)
     try:
-        result = _one_step(_cfg(root, clip_path, out, B, *opts), slice(rank * B, (rank + 1) * B))
+        result = _one_step(_cfg(root, clip_path, out, B, *opts, trainer=trainer), slice(rank * B, (rank + 1) * B))
         torch.save(result, os.path.join(result_dir, "rank{}.pt".format(rank)))
     finally:
         _distributed.cleanup()
@@ -89,15 +95,18 @@ def mini_pets(tmp_path_factory):
     return str(root)
 
 
-@pytest.mark.parametrize("opts", [(), ("TRAINER.FAIR.BALANCE", "running", "TRAINER.FAIR.ANCHORS", "description")],
-                         ids=["batch-balance", "running-balance-description-anchors"])
-def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(mini_pets, tiny_clip, tmp_path, opts):
+@pytest.mark.parametrize("trainer,opts", [
+    ("FAIR", ()), ("FAIR", ("TRAINER.FAIR.BALANCE", "running", "TRAINER.FAIR.ANCHORS", "description")),
+    ("MUST", ("TRAINER.MUST.BALANCE", "batch")),
+], ids=["fair-batch-balance", "fair-running-balance-description-anchors", "must-batch-balance"])
+def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(mini_pets, tiny_clip, tmp_path, trainer, opts):
     results = tmp_path / "results"
     results.mkdir()
-    mp.spawn(_worker, args=(2, _free_port(), mini_pets, tiny_clip, str(tmp_path / "ddp"), str(results), opts),
+    mp.spawn(_worker, args=(2, _free_port(), mini_pets, tiny_clip, str(tmp_path / "ddp"), str(results), opts, trainer),
              nprocs=2, join=True)
     ranks = [torch.load(str(results / "rank{}.pt".format(r))) for r in range(2)]
-    single = _one_step(_cfg(mini_pets, tiny_clip, str(tmp_path / "single"), 2 * B, *opts), slice(0, 2 * B))
+    single = _one_step(_cfg(mini_pets, tiny_clip, str(tmp_path / "single"), 2 * B, *opts, trainer=trainer),
+                       slice(0, 2 * B))
 
     assert single["world_size"] == 1 and all(r["world_size"] == 2 for r in ranks)
     # the objective: the mean of the ranks' losses (CE over local samples + the shared global-batch term)

@@ -74,6 +74,10 @@ class ClipTrainer(TrainerX):
 
     # The config node of the trainer (e.g. "FAIR" for TRAINER.FAIR); used for PREC and the results.
     CFG_NODE = None
+    # Whether the trainer's training step is correct under DDP (gradients synced through
+    # ``_distributed.wrap_model``, batch statistics over the global batch), or the trainer does not train.
+    # Others refuse to run on several processes rather than silently optimise a different objective.
+    SUPPORTS_DDP = False
 
     # ------------------------------------------------------------------ construction
     def build_data_loader(self):
@@ -84,6 +88,10 @@ class ClipTrainer(TrainerX):
             dataset_wrapper=SkipUnreadableWrapper,
         )
         self.rank, self.world_size = _distributed.rank(), _distributed.world_size()
+        if self.world_size > 1 and not self.SUPPORTS_DDP:
+            raise UserError("{} does not support training on several processes yet (world size {}); run it with "
+                            "one process per GPU instead (tools/run_jobs.py spreads runs over GPUs)".format(
+                                self.cfg.TRAINER.NAME, self.world_size))
         self.train_loader_x = _distributed.train_loader(dm.train_loader_x, self.cfg.SEED)
         self.train_loader_u = dm.train_loader_u
         self.val_loader = _distributed.eval_loader(dm.val_loader)

@@ -60,6 +60,7 @@ def build_results(trainer, evaluation):
             "text": trainer.text_sources(),
             "input_size": list(cfg.INPUT.SIZE),
             "precision": trainer.prec,
+            "views": dict(getattr(trainer, "view_path", {})),  # cpu-pil or gpu, for train and test
             "world_size": world_size,
             "batch_per_process": batch,
             "global_batch": batch * world_size,

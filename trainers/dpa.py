@@ -24,6 +24,7 @@ from toolbox.errors import UserError
 
 from ._clip_base import ClipTrainer
 from ._losses import class_balance_loss, global_batch_mean, weighted_cross_entropy
+from ._gpu_views import strong_view, weak_view
 from ._views import strong_transform, weak_transform
 from .must import VisualClassifier, param_groups
 
@@ -123,6 +124,11 @@ class DPA(ClipTrainer):
         c = self.cfg.TRAINER.DPA
         strong = strong_transform(self.cfg, c.STRONG_SCALE, c.RANDAUGMENT_M, c.RANDAUGMENT_N)
         return [weak_transform(self.cfg), strong]  # batch keys img (weak), img2 (strong)
+
+    def gpu_train_views(self):
+        """The views of ``custom_train_transform`` for the GPU path (keys img, img2)."""
+        c = self.cfg.TRAINER.DPA
+        return [weak_view(), strong_view(c.STRONG_SCALE, c.RANDAUGMENT_M, c.RANDAUGMENT_N)]
 
     def build_method(self):
         c = self.cfg.TRAINER.DPA

@@ -142,6 +142,7 @@ class FairModel(TrainableState):
 @TRAINER_REGISTRY.register()
 class FAIR(ClipTrainer):
     CFG_NODE = "FAIR"
+    SUPPORTS_DDP = True  # gradients synced via _distributed.wrap_model, balance term over the global batch
 
     def check_cfg(self, cfg):
         c = cfg.TRAINER.FAIR

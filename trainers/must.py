@@ -18,8 +18,10 @@ from yacs.config import CfgNode as CN
 from toolbox import TRAINER_REGISTRY, build_optimizer
 from toolbox.errors import UserError
 
+from . import _distributed
 from ._clip_base import ClipTrainer, TrainableState, unfreeze_visual_layernorms
 from ._losses import RunningMarginal, class_balance_loss, global_batch_mean
+from ._gpu_views import strong_view, weak_view
 from ._views import strong_transform, weak_transform
 
 
@@ -165,6 +167,7 @@ class MustModel(VisualClassifier):
 @TRAINER_REGISTRY.register()
 class MUST(ClipTrainer):
     CFG_NODE = "MUST"
+    SUPPORTS_DDP = True  # gradients synced via _distributed.wrap_model, balance term over the global batch
 
     def check_cfg(self, cfg):
         c = cfg.TRAINER.MUST
@@ -182,6 +185,11 @@ class MUST(ClipTrainer):
         strong = strong_transform(self.cfg, c.STRONG_SCALE, c.RANDAUGMENT_M, c.RANDAUGMENT_N)
         return [weak_transform(self.cfg), strong]  # batch keys img (teacher), img2 (student)
 
+    def gpu_train_views(self):
+        """The views of ``custom_train_transform`` for the GPU path (keys img, img2)."""
+        c = self.cfg.TRAINER.MUST
+        return [weak_view(), strong_view(c.STRONG_SCALE, c.RANDAUGMENT_M, c.RANDAUGMENT_N)]
+
     def build_method(self):
         c = self.cfg.TRAINER.MUST
         model = MustModel(self.clip_model, self.template_classifier(), c.LOGIT_SCALE, c.NORMALIZE_CLASSIFIER)
@@ -194,6 +202,7 @@ class MUST(ClipTrainer):
         total_steps = max(1, self.cfg.OPTIM.MAX_EPOCH * len(self.train_loader_x))
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.optim, T_max=total_steps, eta_min=c.MIN_LR)
         self.register_model("must", self.model, self.optim, self.sched)
+        self.train_model = _distributed.wrap_model(self.model, self.device)  # DDP under torchrun
         self.balance_form = c.BALANCE if c.BALANCE != "auto" else ("running" if self.num_classes >= 512 else "batch")
         self.marginal = RunningMarginal(0.5)
         n_train = sum(p.numel() for p in self.model.student_tensors())
@@ -219,7 +228,7 @@ class MUST(ClipTrainer):
             teacher_probs = torch.softmax(self.model.teacher_logits(weak).float(), dim=1)
         pseudo, mask = confident_pseudo_labels(teacher_probs, c.CONF_THRESHOLD)
         with self.autocast():
-            logits = self.model(strong).float()
+            logits = self.train_model(strong).float()
         loss_st = masked_cross_entropy(logits, pseudo, mask)
         loss_bal = torch.zeros((), device=logits.device)
         if self.balance_form != "none":

@@ -85,6 +85,7 @@ class SeededLocalCrops(LocalCrops):
 @TRAINER_REGISTRY.register()
 class WCA(ClipTrainer):
     CFG_NODE = "WCA"
+    SUPPORTS_DDP = True  # training-free: evaluation is sharded over processes
 
     def check_cfg(self, cfg):
         c = cfg.TRAINER.WCA

@@ -18,6 +18,7 @@ def add_config(cfg):
 @TRAINER_REGISTRY.register()
 class ZeroshotCLIP(ClipTrainer):
     CFG_NODE = "ZSCLIP"
+    SUPPORTS_DDP = True  # training-free: evaluation is sharded over processes
 
     def build_method(self):
         self.class_weights = self.build_classifier()  # [K, D], L2-normalised
