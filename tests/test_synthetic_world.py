@@ -132,6 +132,8 @@ def test_tiny_pretraining_gives_a_checkpoint_build_model_reads(small_world, tmp_
         img = model.encode_image(torch.zeros(1, 3, 32, 32))
         txt = model.encode_text(clip.tokenize(["a red circle dot."]))
     assert img.shape == txt.shape == (1, pt.ARCH["embed_dim"])
+    acc = pt.zero_shot_accuracy(model, small_world, split="test")
+    assert 0.0 <= acc <= 100.0
     # Same seed -> same weights.
     again = str(tmp_path / "again.pt")
     pt.pretrain(small_world, again, seed=0, log=lambda *a: None, **TINY_PRETRAIN)

@@ -127,8 +127,9 @@ def pretrain(root, out, seed=0, steps=2400, batch_size=64, lr=2e-3, weight_decay
     """Train the tiny CLIP and save its state dict to ``out``; returns the model (eval mode)."""
     import clip
 
-    if steps < 1 or batch_size < 2:
-        raise UserError("--steps must be >= 1 and --batch-size >= 2 (got {} and {})".format(steps, batch_size))
+    if steps < 1 or batch_size < 2 or threads < 1:
+        raise UserError("--steps and --threads must be >= 1 and --batch-size >= 2 (got {}, {} and {})".format(
+            steps, threads, batch_size))
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -236,10 +237,13 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--threads", type=int, default=DEFAULTS["threads"],
+                   help="torch CPU threads (default 2; on a busy machine 1 can be much faster)")
     p.add_argument("--no-eval", action="store_true", help="skip the zero-shot accuracy report on the target val split")
     args = p.parse_args(argv)
     try:
-        model = pretrain(args.root, args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+        model = pretrain(args.root, args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         threads=args.threads)
         if not args.no_eval:
             acc = zero_shot_accuracy(model, args.root, split="val")
             print("zero-shot accuracy on the target val split (diagnostic): {:.1f}%".format(acc))
