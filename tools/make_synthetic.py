@@ -62,7 +62,7 @@ MARKINGS = {
     "cross": ["a small cross at its centre", "two short crossing white lines in the middle", "a tiny white plus sign in its middle"],
 }
 
-DEFAULTS = dict(seed=0, per_class_train=32, per_class_val=8, per_class_test=24, per_class_source=160, shift=1.0)
+DEFAULTS = dict(seed=0, per_class_train=32, per_class_val=8, per_class_test=24, per_class_source=96, shift=1.0)
 
 
 class ClassSpec:
@@ -249,7 +249,9 @@ def _check_args(args):
         raise UserError("--shift is {}; use a strength between 0 (no tint, clutter or noise) and 2".format(args.shift))
 
 
-def generate(root, seed=0, per_class_train=32, per_class_val=8, per_class_test=24, per_class_source=96, shift=1.0):
+def generate(root, seed=DEFAULTS["seed"], per_class_train=DEFAULTS["per_class_train"],
+             per_class_val=DEFAULTS["per_class_val"], per_class_test=DEFAULTS["per_class_test"],
+             per_class_source=DEFAULTS["per_class_source"], shift=DEFAULTS["shift"]):
     """Write the world under ``root/synthetic_fg`` (replacing an earlier one) and return that folder.
 
     Everything is written to a temporary sibling folder first and renamed at the end, so an interrupted

@@ -122,8 +122,9 @@ def read_source(root):
     return torch.stack(images), captions, torch.tensor([group_ids[g] for g in groups])
 
 
-def pretrain(root, out, seed=0, steps=2400, batch_size=64, lr=2e-3, weight_decay=0.05, warmup=50, threads=2,
-             log=print, device="cpu"):
+def pretrain(root, out, seed=DEFAULTS["seed"], steps=DEFAULTS["steps"], batch_size=DEFAULTS["batch_size"],
+             lr=DEFAULTS["lr"], weight_decay=DEFAULTS["weight_decay"], warmup=DEFAULTS["warmup"],
+             threads=DEFAULTS["threads"], log=print, device="cpu"):
     """Train the tiny CLIP and save its state dict to ``out``; returns the model (eval mode)."""
     import clip
 
