@@ -43,7 +43,7 @@ def build_synthetic_world(cache_dir=None, generate_args=None, pretrain_args=None
     """Return ``{"root", "clip_path"}`` of the cached world, building it first if needed.
 
     ``generate_args`` / ``pretrain_args`` override keyword arguments of ``tools.make_synthetic.generate``
-    and ``tools.pretrain_tiny_clip.pretrain`` (defaults: the tools' own defaults, about a minute on 2 cores).
+    and ``tools.pretrain_tiny_clip.pretrain`` (defaults: the tools' own defaults, 80-95 s on 2 cores).
     """
     from tools import make_synthetic, pretrain_tiny_clip
 
