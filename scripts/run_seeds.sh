@@ -35,6 +35,16 @@ if [ ! -f "$METHOD_CFG" ]; then
   echo "ERROR: no config '$CFG' for $TRAINER: $METHOD_CFG does not exist (set CFG to one of: $(ls "$REPO/configs/trainers/$TRAINER" | sed 's/\.yaml$//' | tr '\n' ' '))" >&2
   exit 2
 fi
+# The synthetic world has its own tiny CLIP (no OpenAI CLIP fits it): use it unless one is given.
+if [ "$DATASET" = "synthetic" ] && ! printf '%s\n' "$@" | grep -qx "MODEL.BACKBONE.PATH"; then
+  TINY_CLIP="$DATA/synthetic_fg/tiny_clip.pt"
+  if [ ! -f "$TINY_CLIP" ]; then
+    echo "ERROR: the synthetic world's tiny CLIP $TINY_CLIP does not exist; build the world with DATA=$DATA bash scripts/demo.sh (or pass MODEL.BACKBONE.PATH)" >&2
+    exit 2
+  fi
+  set -- "$@" MODEL.BACKBONE.PATH "$TINY_CLIP"
+fi
+
 # A per-dataset override of the method config, when the method ships one, is merged after it.
 EXTRA_ARGS=()
 OVERRIDE="$REPO/configs/trainers/$TRAINER/per_dataset/$DATASET.yaml"

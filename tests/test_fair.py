@@ -286,3 +286,15 @@ def test_done_criterion_three_seeds(mini_cars, tiny_clip, tmp_path):
     for seed in (1, 2, 3):
         result = json.load(open(os.path.join(out, "stanford_cars/FAIR/vit_b32/seed{}/results.json".format(seed))))
         assert result["seed"] == seed and result["trainer"] == "FAIR" and result["protocol"]["epochs"] == 2
+
+
+def test_per_epoch_diagnostic_evaluation_does_not_change_training(mini_pets, tiny_clip, tmp_path):
+    """Evaluating the test split after each epoch (history only) leaves the trained weights identical."""
+    finals = []
+    for flag in ("True", "False"):
+        trainer = _build(_fair_cfg(mini_pets, tiny_clip, str(tmp_path / flag), "OPTIM.MAX_EPOCH", "2",
+                                   "TRAINER.FAIR.EVAL_EACH_EPOCH", flag))
+        trainer.train()
+        finals.append(_snapshot(trainer))
+        assert ("test_acc" in trainer.history[0]) == (flag == "True")
+    assert all(torch.equal(finals[0][n], finals[1][n]) for n in finals[0])

@@ -255,10 +255,14 @@ class ClipTrainer(TrainerX):
         print("Evaluate on the *{}* set".format(split))
         preds, labels = [], []
         start = time.time()
-        for batch in tqdm(loader, disable=not (self.cfg.VERBOSE and _distributed.is_main())):
-            images, label = self.parse_batch_test(batch)
-            preds.append(self.model_inference(images).argmax(1))
-            labels.append(label)
+        # A diagnostic evaluation during training must not move the training's random stream (a loader
+        # iterator draws its base seed from it): evaluate on a forked RNG.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for batch in tqdm(loader, disable=not (self.cfg.VERBOSE and _distributed.is_main())):
+                images, label = self.parse_batch_test(batch)
+                preds.append(self.model_inference(images).argmax(1))
+                labels.append(label)
         empty = torch.zeros(0, dtype=torch.long)
         pred = _distributed.gather_cat(torch.cat(preds).cpu() if preds else empty)
         gt = _distributed.gather_cat(torch.cat(labels).cpu() if labels else empty)
