@@ -264,21 +264,38 @@ def central_square(img):
     return img[top:top + m, left:left + m]
 
 
+def canvas_shape(imgs):
+    """``(sizes [B, 2], hmax, wmax)`` of a batch of ``[H, W, 3]`` arrays."""
+    sizes = np.array([img.shape[:2] for img in imgs], dtype=np.int64).reshape(-1, 2)
+    hmax, wmax = sizes.max(0)
+    return sizes, int(hmax), int(wmax)
+
+
+def fill_canvas(canvas, imgs, edge=2):
+    """Copy ``imgs`` into ``canvas`` (uint8 ``[B, Hmax, Wmax, 3]``, any prior content): each image at the
+    top left, ``edge`` rows/columns past it repeating its last row/column (a cubic filter at the border
+    then never reads padding), zeros elsewhere only where the image is smaller than the canvas."""
+    hmax, wmax = canvas.shape[1:3]
+    for b, img in enumerate(imgs):
+        h, w = img.shape[:2]
+        canvas[b, :h, :w] = img
+        if h < hmax or w < wmax:
+            canvas[b, h:, :] = 0
+            canvas[b, :h, w:] = 0
+            if edge:
+                canvas[b, :h, w:w + edge] = img[:, -1:]
+                canvas[b, h:h + edge, :min(w + edge, wmax)] = canvas[b, h - 1:h, :min(w + edge, wmax)]
+
+
 def collate_canvas(items, edge=2, center_square=False):
     """Batch variable-size images into one zero-padded ``canvas`` (uint8 ``[B, Hmax, Wmax, 3]``) with
     ``sizes`` (``[B, 2]``: h, w). ``edge`` pixels past each image repeat its last row/column so that a
     cubic filter at the border never reads padding. ``center_square`` keeps only each image's central
     square (enough for the centre view; smaller batches, no padding)."""
     imgs = [central_square(it["img"]) if center_square else it["img"] for it in items]
-    sizes = np.array([img.shape[:2] for img in imgs], dtype=np.int64)
-    hmax, wmax = sizes.max(0)
-    canvas = np.zeros((len(items), hmax, wmax, 3), dtype=np.uint8)
-    for b, img in enumerate(imgs):
-        h, w = img.shape[:2]
-        canvas[b, :h, :w] = img
-        if edge:
-            canvas[b, :h, w:w + edge] = img[:, -1:]
-            canvas[b, h:h + edge, :min(w + edge, wmax)] = canvas[b, h - 1:h, :min(w + edge, wmax)]
+    sizes, hmax, wmax = canvas_shape(imgs)
+    canvas = np.empty((len(items), hmax, wmax, 3), dtype=np.uint8)
+    fill_canvas(canvas, imgs, edge)
     return {
         "canvas": torch.from_numpy(canvas),
         "sizes": torch.from_numpy(sizes),

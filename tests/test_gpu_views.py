@@ -310,6 +310,34 @@ def test_canvas_batches_pad_and_record_sizes():
     assert batch["canvas"][1, 5, 20].sum() == 0  # padding beyond the edge copy stays black
 
 
+def test_pinned_center_loader_gives_the_worker_path_batches():
+    """The threaded evaluation loader (used on CUDA) yields the DataLoader + collate_canvas batches: same
+    order, pixels, padding of images smaller than the side, labels; a shard of the indices; a short last
+    batch. (On CPU it runs without pinned memory and streams; the CUDA part is exercised by gpu_check.)"""
+    import functools
+    import types
+
+    from datasets.decoded_cache import DecodedCache
+    from trainers._pinned_loader import PinnedCenterLoader
+
+    shapes = [(24, 32), (32, 24), (24, 24), (12, 20), (24, 30)] * 5  # (12, 20): smaller than the side
+    arrays = [natural_image(w, h, seed=i) for i, (h, w) in enumerate(shapes)]
+    items = [types.SimpleNamespace(impath="img{}.jpg".format(i), label=i % 3, domain=0) for i in range(len(arrays))]
+    cache = DecodedCache([it.impath for it in items], 24, [a.shape[:2] for a in arrays], {}, arrays=arrays)
+    dataset = CachedImages(items, cache)
+    shard = list(range(3, 22))
+    reference = torch.utils.data.DataLoader(
+        dataset, batch_size=4, sampler=shard, collate_fn=functools.partial(collate_canvas, center_square=True))
+    pinned = PinnedCenterLoader(dataset, shard, 4, "cpu", threads=3)
+    assert len(pinned) == len(reference) == 5
+    got, want = list(pinned), list(reference)
+    assert [len(b["impath"]) for b in got] == [4, 4, 4, 4, 3]
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys() and a["impath"] == b["impath"]
+        for key in ("canvas", "sizes", "label", "domain", "index"):
+            assert torch.equal(a[key], b[key]), key
+    assert any((b["sizes"] < 24).any() for b in got)  # a padded image was exercised
+
 # ---------------------------------------------------------------------------- the trainer on the GPU path
 @pytest.fixture(scope="module")
 def mini_pets(tmp_path_factory):

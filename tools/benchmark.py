@@ -7,7 +7,9 @@ Timed per model (images/s, ms per step, peak memory):
   decode_once     JPEG files -> the uint8 cache (CPU worker processes; once per dataset split)
   pil_views       FAIR's 10 views per image with the CPU/PIL reference transforms, one process
   gpu_views       FAIR's views made on the device from one cached uint8 batch
-  zeroshot        ZeroshotCLIP.evaluate(): cache -> loader -> centre view on the device -> logits
+  zeroshot        ZeroshotCLIP.evaluate(): cache -> loader -> centre view on the device -> logits (on CUDA the
+                  trainers' loader: threads gathering into pinned buffers)
+  zeroshot_workers the same through DataLoader worker processes (CUDA only; the path before the threads)
   zeroshot_model  the same forward on views already on the device (the compute ceiling)
   must_step       MUST.forward_backward fed by the cache loader with weak + strong views on the device
   must_model      the same step on views already on the device
@@ -43,7 +45,7 @@ from toolbox.errors import UserError  # noqa: E402
 from toolbox.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 MODELS = ("tiny", "vit-b32")
-WORKLOADS = ("decode_once", "pil_views", "gpu_views", "zeroshot", "zeroshot_model", "must_step", "must_model",
+WORKLOADS = ("decode_once", "pil_views", "gpu_views", "zeroshot", "zeroshot_workers", "zeroshot_model", "must_step", "must_model",
              "must_encoders", "fair_step", "fair_model", "fair_encoders")
 TRAINER_NODES = {"ZeroshotCLIP": "ZSCLIP", "MUST": "MUST", "FAIR": "FAIR"}
 
@@ -212,16 +214,29 @@ def bench_pil_views(args, trainer):
 
 
 def bench_zeroshot(args, trainer, device, workloads):
+    from datasets.decoded_cache import CachedImages
     from trainers._gpu_views import DeviceViewLoader, GpuViews, center_view
+    from trainers._pinned_loader import PinnedCenterLoader, use_pinned_center_loader
 
     rows = {}
     side = max(trainer.cfg.INPUT.SIZE)  # test splits are cached at the input size, batched as central squares
     items, cache = synthetic_cache(args.eval_batch * args.eval_batches, side, trainer.num_classes)
     views = GpuViews.from_cfg(trainer.cfg, device, seed=1)
-    loader = DeviceViewLoader(cached_loader(items, cache, args.eval_batch, args.workers, device, train=False,
-                                            center_square=True), views, [center_view()])
-    if "zeroshot" in workloads:
-        trainer.test_loader = loader
+    workers_loader = DeviceViewLoader(cached_loader(items, cache, args.eval_batch, args.workers, device, train=False,
+                                                    center_square=True), views, [center_view()])
+    workers_data = "uint8 cache in memory -> loader ({} worker processes) -> centre view on device".format(args.workers)
+    # what ClipTrainer.build_gpu_view_loaders uses for centre-only evaluation
+    if use_pinned_center_loader(device, args.workers):
+        dataset = CachedImages(items, cache)
+        threads = min(4, args.workers)
+        loader = DeviceViewLoader(PinnedCenterLoader(dataset, range(len(dataset)), args.eval_batch, device,
+                                                     threads=threads), views, [center_view()])
+        data = "uint8 cache in memory -> {} threads -> pinned buffers -> centre view on device".format(threads)
+    else:
+        loader, data = workers_loader, workers_data
+
+    def timed_eval(name, eval_loader, description):
+        trainer.test_loader = eval_loader
         best = float("inf")
         with contextlib.redirect_stdout(io.StringIO()):
             for i in range(1 + args.rounds):  # the first pass starts the workers and warms the kernels
@@ -231,9 +246,13 @@ def bench_zeroshot(args, trainer, device, workloads):
                 start = time.perf_counter()
                 result = trainer.evaluate()  # ends with the predictions on the host: synchronised
                 best = best if i == 0 else min(best, time.perf_counter() - start)
-        rows["zeroshot"] = {"images_per_s": result["n_images"] / best, "ms_per_step": 1000.0 * best / len(loader),
-                            "images_per_step": args.eval_batch, "peak_mem_mib": peak_mib(device),
-                            "data": "uint8 cache in memory -> loader ({} workers) -> centre view on device".format(args.workers)}
+        rows[name] = {"images_per_s": result["n_images"] / best, "ms_per_step": 1000.0 * best / len(eval_loader),
+                      "images_per_step": args.eval_batch, "peak_mem_mib": peak_mib(device), "data": description}
+
+    if "zeroshot" in workloads:
+        timed_eval("zeroshot", loader, data)
+    if "zeroshot_workers" in workloads and loader is not workers_loader:
+        timed_eval("zeroshot_workers", workers_loader, workers_data)
     if "zeroshot_model" in workloads:
         fixed = next(iter(loader))["img"]
 
@@ -299,7 +318,7 @@ def bench_steps(args, trainer, device, workloads, prefix, specs):
 def bench_model(model, args, device, tree, folder, workloads):
     weights = clip_file(model, folder, args.weights)
     rows = {}
-    runs = [("ZeroshotCLIP", ("zeroshot", "zeroshot_model")),
+    runs = [("ZeroshotCLIP", ("zeroshot", "zeroshot_workers", "zeroshot_model")),
             ("MUST", ("must_step", "must_model", "must_encoders")),
             ("FAIR", ("pil_views", "gpu_views", "fair_step", "fair_model", "fair_encoders"))]
     for name, names in runs:

@@ -38,6 +38,7 @@ from toolbox.io import atomic_write_json
 
 from . import _distributed
 from ._gpu_views import DeviceViewLoader, GpuViews, center_view
+from ._pinned_loader import PinnedCenterLoader, use_pinned_center_loader
 from ._results import build_results, write_results
 
 GPU_VIEW_MODES = ("auto", "always", "never")
@@ -156,8 +157,14 @@ class ClipTrainer(TrainerX):
             self.view_path["train"] = "gpu"
         if test_specs:
             center_only = all(spec.kind == "center" for spec in test_specs)
-            loader = self.cached_loader(dm.dataset.test, "test", is_train=False, center_only=center_only)
-            self.test_loader = DeviceViewLoader(_distributed.eval_loader(loader), views, test_specs)
+            loader = _distributed.eval_loader(
+                self.cached_loader(dm.dataset.test, "test", is_train=False, center_only=center_only))
+            workers = self.cfg.DATALOADER.NUM_WORKERS
+            if center_only and use_pinned_center_loader(self.device, workers):
+                # threads gather straight into pinned memory: the worker-process path halves evaluation speed
+                loader = PinnedCenterLoader(loader.dataset, loader.sampler, loader.batch_size, self.device,
+                                            threads=min(4, workers))
+            self.test_loader = DeviceViewLoader(loader, views, test_specs)
             uses_val = self.cfg.TEST.SPLIT == "val" or self.cfg.TEST.FINAL_MODEL == "best_val"
             if dm.dataset.val and uses_val:  # else the val split is never read: not worth decoding
                 loader = self.cached_loader(dm.dataset.val, "val", is_train=False, center_only=center_only)
