@@ -216,7 +216,8 @@ def _script_env(root, out):
 
 def test_script_interrupted_run_resumes_and_eval_only_reproduces(mini_pets, tiny_clip, tmp_path):
     out = str(tmp_path / "output")
-    opts = ["MODEL.BACKBONE.PATH", tiny_clip, "OPTIM.MAX_EPOCH", "2", "DATALOADER.NUM_WORKERS", "0",
+    # 3 epochs: after epoch 1's checkpoint two epochs remain, so the kill lands before the run ends
+    opts = ["MODEL.BACKBONE.PATH", tiny_clip, "OPTIM.MAX_EPOCH", "3", "DATALOADER.NUM_WORKERS", "0",
             "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAINER.FAIR.N_CROPS", "3", "TRAINER.FAIR.TOP_K", "2"]
     script = os.path.join(REPO, "scripts/fair/main.sh")
     env = dict(os.environ, SEEDS="1", PYTHONPATH=REPO, **_script_env(mini_pets, out))
@@ -229,7 +230,7 @@ def test_script_interrupted_run_resumes_and_eval_only_reproduces(mini_pets, tiny
     deadline = time.time() + 300
     while not os.path.exists(os.path.join(run_dir, "fair/checkpoint")) and proc.poll() is None:
         assert time.time() < deadline, "no checkpoint written"
-        time.sleep(0.2)
+        time.sleep(0.02)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -244,10 +245,10 @@ def test_script_interrupted_run_resumes_and_eval_only_reproduces(mini_pets, tiny
     logs = [f for f in os.listdir(run_dir) if f.startswith("log.txt")]
     assert len(logs) == 2  # the interrupted log is kept; the resumed run writes log.txt-<time>
     resumed_log = open(os.path.join(run_dir, sorted(logs)[-1])).read()
-    assert "Found checkpoint" in resumed_log and "epoch [2/2]" in resumed_log and "epoch [1/2]" not in resumed_log
+    assert "Found checkpoint" in resumed_log and "epoch [3/3]" in resumed_log and "epoch [1/3]" not in resumed_log
     result = json.load(open(os.path.join(run_dir, "results.json")))
-    assert result["protocol"]["selection"] == "last epoch" and result["protocol"]["epochs"] == 2
-    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert result["protocol"]["selection"] == "last epoch" and result["protocol"]["epochs"] == 3
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
     assert all("diag_pseudo_label_acc" in h for h in result["history"])
     assert "test_acc" in result["history"][-1]
     assert set(result["metrics"]["per_class_accuracy"]) == set(json.load(open(
@@ -266,7 +267,7 @@ def test_script_interrupted_run_resumes_and_eval_only_reproduces(mini_pets, tiny
     assert res.returncode == 0, res.stderr[-2000:]
     again = json.load(open(os.path.join(eval_dir, "results.json")))
     assert again["metrics"]["accuracy"] == pytest.approx(result["metrics"]["accuracy"])
-    assert again["protocol"]["evaluated_epoch"] == 2
+    assert again["protocol"]["evaluated_epoch"] == 3
 
     # 5) --eval-only without --model-dir is an error for a trained method
     res = train_py("--root", mini_pets, "--trainer", "FAIR", "--output-dir", str(tmp_path / "e2"),
