@@ -47,3 +47,27 @@ def run_cli(args, env=None, cwd=REPO, timeout=600):
 
 def train_py(*args, env=None):
     return run_cli([sys.executable, os.path.join(REPO, "train.py"), *map(str, args)], env=env)
+
+
+def make_dataset_cfg(root, key, *opts):
+    """The default config extended with our keys, for dataset ``key`` under ``root``, plus ``opts``."""
+    from toolbox import get_cfg_default
+
+    from datasets import DATASET_KEYS
+    from train import extend_cfg
+
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    cfg.DATASET.ROOT = str(root)
+    cfg.DATASET.NAME = DATASET_KEYS[key]
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def build_dataset(root, key, *opts):
+    """The registered reader of dataset ``key`` built on ``make_dataset_cfg(root, key, *opts)``."""
+    from toolbox import DATASET_REGISTRY
+
+    from datasets import DATASET_KEYS
+
+    return DATASET_REGISTRY.get(DATASET_KEYS[key])(make_dataset_cfg(root, key, *opts))

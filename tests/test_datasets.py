@@ -7,34 +7,21 @@ import random
 
 import pytest
 
-from toolbox import DATASET_REGISTRY, get_cfg_default
+from toolbox import DATASET_REGISTRY
 from toolbox.errors import UserError
 
 import datasets
 from datasets import DATASET_KEYS, key_for
 from datasets.common import FEWSHOT_DIRNAME, save_split, split_per_class
 from datasets.texts import classnames_path, read_classnames_file
+from tests.conftest import build_dataset, make_dataset_cfg
 from tools.make_miniature_data import BUILDERS, make_all, partition
-from train import extend_cfg
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ALL_KEYS = list(BUILDERS)
 # Readers that build (and save) a split when the split file is absent.
 FALLBACK_KEYS = [k for k in ALL_KEYS if k not in ("fgvc_aircraft", "imagenet", "synthetic")]
 N, M = 3, 6  # classes and images per class of the miniature trees
-
-
-def make_cfg(root, key, *opts):
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.NAME = DATASET_KEYS[key]
-    cfg.merge_from_list(list(opts))
-    return cfg
-
-
-def build(root, key, *opts):
-    return DATASET_REGISTRY.get(DATASET_KEYS[key])(make_cfg(root, key, *opts))
 
 
 def entries(items):
@@ -52,7 +39,7 @@ def mini(tmp_path_factory):
 def test_reader_on_miniature_tree(mini, key, tmp_path):
     root, infos = mini
     info = infos[key]
-    ds = build(root, key)
+    ds = build_dataset(root, key)
 
     if info["counts"]:
         assert {"train": len(ds.train_x), "val": len(ds.val), "test": len(ds.test)} == info["counts"]
@@ -70,7 +57,7 @@ def test_reader_on_miniature_tree(mini, key, tmp_path):
         out = tmp_path / "roundtrip.json"
         save_split(ds.train_x, ds.val, ds.test, str(out), ds.image_dir)
         assert json.loads(out.read_text()) == info["split"]
-    again = build(root, key)  # a second build (reading any file the first one saved) is identical
+    again = build_dataset(root, key)  # a second build (reading any file the first one saved) is identical
     for a, b in ((ds.train_x, again.train_x), (ds.val, again.val), (ds.test, again.test)):
         assert entries(a) == entries(b)
 
@@ -78,7 +65,7 @@ def test_reader_on_miniature_tree(mini, key, tmp_path):
 @pytest.mark.parametrize("key", FALLBACK_KEYS)
 def test_fallback_builds_a_seeded_split(key, tmp_path):
     info = BUILDERS[key](tmp_path / "a", classes=N, per_class=M, split_json=False)
-    ds = build(tmp_path / "a", key)
+    ds = build_dataset(tmp_path / "a", key)
     split_path = osp.join(info["dataset_dir"], ds.split_file)
     assert osp.isfile(split_path), "the fallback saves the split it built"
     assert ds.classnames == info["classnames"]
@@ -90,12 +77,12 @@ def test_fallback_builds_a_seeded_split(key, tmp_path):
 
     saved = json.loads(open(split_path).read())
     assert all(not osp.isabs(e[0]) for s in saved.values() for e in s)
-    again = build(tmp_path / "a", key)  # now read from the saved file
+    again = build_dataset(tmp_path / "a", key)  # now read from the saved file
     assert entries(again.train_x) == entries(ds.train_x) and entries(again.test) == entries(ds.test)
 
     random.seed(12345)  # the global RNG state must not matter
     other = BUILDERS[key](tmp_path / "b", classes=N, per_class=M, split_json=False)
-    build(tmp_path / "b", key)
+    build_dataset(tmp_path / "b", key)
     assert json.loads(open(osp.join(other["dataset_dir"], ds.split_file)).read()) == saved
 
 
@@ -107,14 +94,14 @@ def test_stanford_cars_split_paths_are_relative_to_the_dataset_folder(mini):
 
 def test_birdsnap_leaves_out_failed_downloads(tmp_path):
     info = BUILDERS["birdsnap"](tmp_path, classes=N, per_class=M, missing=1)
-    ds = build(tmp_path, "birdsnap")
+    ds = build_dataset(tmp_path, "birdsnap")
     assert len(ds.train_x) + len(ds.val) + len(ds.test) == info["total"] == N * M - 1
 
 
 @pytest.mark.parametrize("key", ["dtd", "stanford_cars", "imagenet", "fgvc_aircraft"])
 def test_fewshot_subset_is_cached_as_relative_json(mini, key):
     root, infos = mini
-    ds = build(root, key, "DATASET.NUM_SHOTS", 2, "SEED", 1)
+    ds = build_dataset(root, key, "DATASET.NUM_SHOTS", 2, "SEED", 1)
     counts = {}
     for it in ds.train_x:
         counts[it.label] = counts.get(it.label, 0) + 1
@@ -125,32 +112,32 @@ def test_fewshot_subset_is_cached_as_relative_json(mini, key):
     assert data["num_shots"] == 2 and data["seed"] == 1
     assert all(not osp.isabs(e[0]) and osp.isfile(osp.join(dataset_dir, e[0])) for e in data["train"])
     assert not osp.exists(osp.join(dataset_dir, "split_fewshot")), "CoOp's pickle folder is not touched"
-    assert entries(build(root, key, "DATASET.NUM_SHOTS", 2, "SEED", 1).train_x) == entries(ds.train_x)
+    assert entries(build_dataset(root, key, "DATASET.NUM_SHOTS", 2, "SEED", 1).train_x) == entries(ds.train_x)
     if key == "imagenet":
         assert "val" not in data and len(ds.val) == N * partition(M)[2]
 
 
 def test_stale_fewshot_cache_is_a_clear_error(tmp_path):
     info = BUILDERS["dtd"](tmp_path, classes=N, per_class=M)
-    build(tmp_path, "dtd", "DATASET.NUM_SHOTS", 1, "SEED", 3)
+    build_dataset(tmp_path, "dtd", "DATASET.NUM_SHOTS", 1, "SEED", 3)
     cache = osp.join(info["dataset_dir"], FEWSHOT_DIRNAME, "shot_1-seed_3.json")
     data = json.loads(open(cache).read())
     test_entry = info["split"]["test"][0]
     data["train"][0] = ["images/" + test_entry[0], test_entry[1], test_entry[2]]
     open(cache, "w").write(json.dumps(data))
     with pytest.raises(UserError, match="not in the current train split.*delete"):
-        build(tmp_path, "dtd", "DATASET.NUM_SHOTS", 1, "SEED", 3)
+        build_dataset(tmp_path, "dtd", "DATASET.NUM_SHOTS", 1, "SEED", 3)
 
 
 def test_subsample_base_and_new_classes(mini):
     root, infos = mini
-    base = build(root, "dtd", "DATASET.SUBSAMPLE_CLASSES", "base")
-    new = build(root, "dtd", "DATASET.SUBSAMPLE_CLASSES", "new")
+    base = build_dataset(root, "dtd", "DATASET.SUBSAMPLE_CLASSES", "base")
+    new = build_dataset(root, "dtd", "DATASET.SUBSAMPLE_CLASSES", "new")
     names = infos["dtd"]["classnames"]
     assert base.classnames == names[:2] and new.classnames == names[2:]
     assert {it.label for it in new.test} == {0}
     with pytest.raises(UserError, match="DATASET.SUBSAMPLE_CLASSES"):
-        build(root, "dtd", "DATASET.SUBSAMPLE_CLASSES", "half")
+        build_dataset(root, "dtd", "DATASET.SUBSAMPLE_CLASSES", "half")
 
 
 def test_split_per_class_ignores_the_global_rng():
@@ -235,11 +222,11 @@ def test_description_file_missing_classes_is_listed(mini, tmp_path):
     from datasets.texts import load_descriptions
 
     root, infos = mini
-    cfg = make_cfg(root, "dtd")
+    cfg = make_dataset_cfg(root, "dtd")
     assert datasets.descriptions_path(cfg).endswith(osp.join("descriptions", "dtd.json"))
     names = infos["dtd"]["classnames"]
     cupl = tmp_path / "cupl.json"
     cupl.write_text(json.dumps({names[0]: ["a striped thing."]}))
-    cfg = make_cfg(root, "dtd", "DATASET.DESCRIPTIONS", str(cupl))
+    cfg = make_dataset_cfg(root, "dtd", "DATASET.DESCRIPTIONS", str(cupl))
     with pytest.raises(UserError, match="lacks 2 of 3 classes.*{}".format(names[1])):
         load_descriptions(datasets.descriptions_path(cfg), names)

@@ -8,26 +8,12 @@ import os.path as osp
 import pytest
 import torch
 
-from toolbox import DATASET_REGISTRY, get_cfg_default
+from toolbox import DATASET_REGISTRY
 from toolbox.errors import UserError
 
-from datasets import DATASET_KEYS
 from datasets.common import SkipUnreadableWrapper, TooManyUnreadableImages
+from tests.conftest import build_dataset, make_dataset_cfg
 from tools.make_miniature_data import BUILDERS
-from train import extend_cfg
-
-
-def make_cfg(root, key, *opts):
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
-    cfg.DATASET.ROOT = str(root)
-    cfg.DATASET.NAME = DATASET_KEYS[key]
-    cfg.merge_from_list(list(opts))
-    return cfg
-
-
-def build(root, key, *opts):
-    return DATASET_REGISTRY.get(DATASET_KEYS[key])(make_cfg(root, key, *opts))
 
 
 def one_line(exc_info):
@@ -38,15 +24,15 @@ def one_line(exc_info):
 
 def test_empty_and_missing_root(tmp_path):
     with pytest.raises(UserError, match="DATASET.ROOT is empty.*--root") as exc:
-        build("", "dtd")
+        build_dataset("", "dtd")
     one_line(exc)
     with pytest.raises(UserError, match="dataset root .*nowhere does not exist"):
-        build(tmp_path / "nowhere", "dtd")
+        build_dataset(tmp_path / "nowhere", "dtd")
 
 
 def test_missing_dataset_folder_names_the_expected_path(tmp_path):
     with pytest.raises(UserError, match=r"expected dataset folder .*caltech-101 does not exist.*DATASETS.md") as exc:
-        build(tmp_path, "caltech101")
+        build_dataset(tmp_path, "caltech101")
     one_line(exc)
 
 
@@ -54,14 +40,14 @@ def test_missing_image_folder(tmp_path):
     info = BUILDERS["eurosat"](tmp_path)
     os.rename(osp.join(info["dataset_dir"], "2750"), osp.join(info["dataset_dir"], "EuroSAT"))
     with pytest.raises(UserError, match=r"expected image folder .*2750 does not exist"):
-        build(tmp_path, "eurosat")
+        build_dataset(tmp_path, "eurosat")
 
 
 def test_missing_annotation_file(tmp_path):
     info = BUILDERS["cub"](tmp_path)
     os.remove(osp.join(info["dataset_dir"], "CUB_200_2011", "train_test_split.txt"))
     with pytest.raises(UserError, match="train_test_split.txt does not exist"):
-        build(tmp_path, "cub")
+        build_dataset(tmp_path, "cub")
     assert not osp.exists(osp.join(info["dataset_dir"], "split_zhou_CUB200.json"))
 
 
@@ -72,7 +58,7 @@ def test_empty_split(tmp_path):
     split["val"] = []
     open(path, "w").write(json.dumps(split))
     with pytest.raises(UserError, match="'val' split is empty") as exc:
-        build(tmp_path, "oxford_pets")
+        build_dataset(tmp_path, "oxford_pets")
     one_line(exc)
 
 
@@ -82,7 +68,7 @@ def test_split_entry_pointing_to_a_missing_file(tmp_path):
     os.remove(osp.join(info["dataset_dir"], rel))
     with pytest.raises(UserError, match=r"split_zhou_StanfordCars.json \('test' entry\): image .*{} does not "
                                         r"exist; check that DATASET.ROOT".format(rel)) as exc:
-        build(tmp_path, "stanford_cars")
+        build_dataset(tmp_path, "stanford_cars")
     one_line(exc)
 
 
@@ -90,7 +76,7 @@ def test_broken_split_file(tmp_path):
     info = BUILDERS["dtd"](tmp_path)
     open(osp.join(info["dataset_dir"], "split_zhou_DescribableTextures.json"), "w").write('{"train": [')
     with pytest.raises(UserError, match="is not valid JSON"):
-        build(tmp_path, "dtd")
+        build_dataset(tmp_path, "dtd")
 
 
 def test_fallback_with_a_missing_image_writes_no_split(tmp_path):
@@ -98,7 +84,7 @@ def test_fallback_with_a_missing_image_writes_no_split(tmp_path):
     images = sorted(os.listdir(osp.join(info["dataset_dir"], "images")))
     os.remove(osp.join(info["dataset_dir"], "images", images[0]))
     with pytest.raises(UserError, match="OxfordPets annotations: image .*{} does not exist".format(images[0])):
-        build(tmp_path, "oxford_pets")
+        build_dataset(tmp_path, "oxford_pets")
     assert not osp.exists(osp.join(info["dataset_dir"], "split_zhou_OxfordPets.json"))
 
 
@@ -108,7 +94,7 @@ def test_too_few_images_for_a_split(tmp_path):
     for name in sorted(os.listdir(folder))[:4]:
         os.remove(osp.join(folder, name))
     with pytest.raises(UserError, match="class '{}' has 2 image".format(info["classnames"][1])):
-        build(tmp_path, "resisc45")
+        build_dataset(tmp_path, "resisc45")
 
 
 # --------------------------------------------------------------------------- unreadable images
@@ -124,7 +110,7 @@ def corrupt_dtd(tmp_path):
 
 def test_unreadable_image_is_skipped_and_counted(corrupt_dtd):
     root, bad = corrupt_dtd
-    cfg = make_cfg(root, "dtd", "DATASET.MAX_UNREADABLE", 0.5)
+    cfg = make_dataset_cfg(root, "dtd", "DATASET.MAX_UNREADABLE", 0.5)
     ds = DATASET_REGISTRY.get("DescribableTextures")(cfg)
     wrapper = SkipUnreadableWrapper(cfg, ds.test, transform=None)
     with pytest.warns(UserWarning, match="cannot decode image .*{}".format(osp.basename(bad))):
@@ -137,7 +123,7 @@ def test_unreadable_image_is_skipped_and_counted(corrupt_dtd):
 
 def test_too_many_unreadable_images_stop_the_run(corrupt_dtd):
     root, bad = corrupt_dtd
-    cfg = make_cfg(root, "dtd", "DATASET.MAX_UNREADABLE", 0.0)
+    cfg = make_dataset_cfg(root, "dtd", "DATASET.MAX_UNREADABLE", 0.0)
     ds = DATASET_REGISTRY.get("DescribableTextures")(cfg)
     wrapper = SkipUnreadableWrapper(cfg, ds.test, transform=None)
     with pytest.warns(UserWarning), pytest.raises(UserError, match="1 of 3 images cannot be decoded.*MAX_UNREADABLE") as exc:
@@ -151,7 +137,7 @@ def test_unreadable_limit_applies_through_dataloader_workers(corrupt_dtd):
     import torchvision.transforms as T
 
     root, bad = corrupt_dtd
-    cfg = make_cfg(root, "dtd", "DATASET.MAX_UNREADABLE", 0.0)
+    cfg = make_dataset_cfg(root, "dtd", "DATASET.MAX_UNREADABLE", 0.0)
     ds = DATASET_REGISTRY.get("DescribableTextures")(cfg)
     wrapper = SkipUnreadableWrapper(cfg, ds.test, transform=T.ToTensor())
     loader = torch.utils.data.DataLoader(wrapper, batch_size=len(ds.test), num_workers=1)
