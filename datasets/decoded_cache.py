@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import os.path as osp
-import tempfile
 import warnings
 
 import numpy as np
@@ -26,7 +25,7 @@ import torch
 from PIL import Image
 
 from toolbox.errors import UserError
-from toolbox.io import atomic_write_json
+from toolbox.io import atomic_file, atomic_write_json
 
 from .common import UNREADABLE_ERRORS
 
@@ -144,28 +143,18 @@ def _build_in_memory(paths, side, workers):
 
 
 def _build_on_disk(paths, side, workers, data_path, index_path):
-    folder = osp.dirname(data_path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + osp.basename(data_path) + "-", dir=folder)
     shapes, offsets, unreadable, offset = [], [], {}, 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for i, arr, reason in _decode_all(paths, side, workers):
-                offsets.append(offset)
-                if arr is None:
-                    unreadable[i] = "{} ({})".format(paths[i], reason)
-                    shapes.append((0, 0))
-                    continue
-                arr = np.ascontiguousarray(np.asarray(arr, dtype=np.uint8))
-                f.write(arr.tobytes())
-                shapes.append(arr.shape[:2])
-                offset += arr.nbytes
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, data_path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(data_path, "wb") as f:
+        for i, arr, reason in _decode_all(paths, side, workers):
+            offsets.append(offset)
+            if arr is None:
+                unreadable[i] = "{} ({})".format(paths[i], reason)
+                shapes.append((0, 0))
+                continue
+            arr = np.ascontiguousarray(np.asarray(arr, dtype=np.uint8))
+            f.write(arr.tobytes())
+            shapes.append(arr.shape[:2])
+            offset += arr.nbytes
     index = {"version": FORMAT_VERSION, "side": int(side), "count": len(paths), "nbytes": offset,
              "paths": list(paths), "shapes": [list(map(int, s)) for s in shapes], "offsets": offsets,
              "unreadable": {str(k): v for k, v in unreadable.items()}}

@@ -1,23 +1,21 @@
 """Atomic file writes (temp file in the same folder + ``os.replace``), usable on both backends."""
+import contextlib
 import json
 import os
 import os.path as osp
 import tempfile
 
 
-def _tmp_in(fpath):
+@contextlib.contextmanager
+def atomic_file(fpath, mode="w"):
+    """Open a temp file beside ``fpath`` for writing; when the block ends without an error, flush,
+    fsync and rename it to ``fpath`` (readers see the old or the whole new file), else remove it."""
     dirname = osp.dirname(osp.abspath(fpath))
     os.makedirs(dirname, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + osp.basename(fpath) + "-", dir=dirname)
-    return fd, tmp
-
-
-def atomic_write_text(text, fpath):
-    """Write ``text`` to ``fpath`` so that readers see either the old or the whole new file."""
-    fd, tmp = _tmp_in(fpath)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, fpath)
@@ -25,6 +23,12 @@ def atomic_write_text(text, fpath):
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_text(text, fpath):
+    """Write ``text`` to ``fpath`` so that readers see either the old or the whole new file."""
+    with atomic_file(fpath) as f:
+        f.write(text)
 
 
 def atomic_write_json(obj, fpath, indent=4, ensure_ascii=True):
@@ -35,12 +39,5 @@ def atomic_write_json(obj, fpath, indent=4, ensure_ascii=True):
 def atomic_torch_save(obj, fpath):
     import torch
 
-    fd, tmp = _tmp_in(fpath)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, fpath)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(fpath, "wb") as f:
+        torch.save(obj, f)

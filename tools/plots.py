@@ -11,10 +11,7 @@ over seeds as a line with the per-seed range shaded. Both take ``--seeds`` and `
 ``tools.results_table``. Runs are read from results.json only.
 """
 import argparse
-import os
-import os.path as osp
 import sys
-import tempfile
 from collections import OrderedDict
 
 import matplotlib
@@ -24,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
 from toolbox.errors import UserError  # noqa: E402
+from toolbox.io import atomic_file  # noqa: E402
 from tools.results_table import (  # noqa: E402
     METHOD_TRAINERS, claim_run_dirs, find_results, label_runs, load_run, method_order, select_runs, spread,
 )
@@ -46,18 +44,10 @@ def _colours(methods):
 
 
 def _save(fig, out):
-    """Write the PNG to a temporary file in the same folder, then rename (never a half-written plot)."""
-    folder = osp.dirname(osp.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + osp.basename(out) + "-", suffix=".png", dir=folder)
-    os.close(fd)
+    """Write the PNG through a temporary file in the same folder, then rename (never a half-written plot)."""
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+        with atomic_file(out, "wb") as f:
+            fig.savefig(f, dpi=120, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
     print("written: {}".format(out))
