@@ -19,6 +19,7 @@ from toolbox import (
     BACKEND, DASSL_IMPORT_ERROR, UserError, build_trainer, get_cfg_default,
     set_random_seed, setup_logger,
 )
+from toolbox.errors import report_error
 
 import datasets  # noqa: F401  (registers the dataset readers)
 import trainers  # noqa: F401  (registers the trainers)
@@ -237,10 +238,9 @@ def cli(argv=None):
         # One clear line, no traceback: on stderr, and in log.txt when the run log is open.
         log = getattr(sys.stdout, "file", None)
         if log is not None:
-            log.write("ERROR: {}\n".format(exc))
+            report_error(exc, log)
             log.flush()
-        sys.stderr.write("ERROR: {}\n".format(exc))
-        sys.exit(2)
+        sys.exit(report_error(exc))
     _distributed.cleanup()
 
 

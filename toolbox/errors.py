@@ -1,4 +1,5 @@
-"""The one exception type for bad user input (works on both toolbox backends)."""
+"""The one exception type for bad user input (works on both toolbox backends) and its one-line report."""
+import sys
 
 
 class UserError(Exception):
@@ -6,3 +7,10 @@ class UserError(Exception):
 
     ``train.py`` and the tools print ``ERROR: <message>`` and exit with status 2 (no traceback).
     """
+
+
+def report_error(exc, stream=None):
+    """Write ``ERROR: <message>`` (the one line every command prints for a ``UserError``) to ``stream``
+    (default stderr) and return the exit status for bad input, 2."""
+    (stream or sys.stderr).write("ERROR: {}\n".format(exc))
+    return 2

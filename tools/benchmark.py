@@ -41,7 +41,7 @@ import torch
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from toolbox.errors import UserError  # noqa: E402
+from toolbox.errors import UserError, report_error  # noqa: E402
 from toolbox.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 MODELS = ("tiny", "vit-b32")
@@ -437,8 +437,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     gpu = args.device == "cuda"
     if gpu and not torch.cuda.is_available():
-        sys.stderr.write("ERROR: --device cuda but no CUDA GPU is visible; use --device cpu\n")
-        return 2
+        return report_error("--device cuda but no CUDA GPU is visible; use --device cpu")
     defaults = {"precision": "bf16" if gpu else "fp32", "batch": 256 if gpu else 8, "eval_batch": 1024 if gpu else 16,
                 "eval_batches": 24 if gpu else 3, "models": ["vit-b32"] if gpu else list(MODELS),
                 "steps": 15 if gpu else 2, "warmup": 5 if gpu else 1, "rounds": 2 if gpu else 3,
@@ -450,8 +449,7 @@ def main(argv=None):
     if args.compile:
         args.warmup = max(args.warmup, 3)  # compilation happens in the first calls of each shape
     if not 1 <= args.classes <= 37:
-        sys.stderr.write("ERROR: --classes must be between 1 and 37 (the Oxford Pets class texts)\n")
-        return 2
+        return report_error("--classes must be between 1 and 37 (the Oxford Pets class texts)")
     os.environ.setdefault("TOOLBOX", "builtin")
     device = torch.device("cuda" if gpu else "cpu")
     if gpu:
@@ -482,8 +480,7 @@ def main(argv=None):
                 report["results"][model] = rows
                 report["overheads"][model] = overheads(rows)
     except UserError as exc:
-        sys.stderr.write("ERROR: {}\n".format(exc))
-        return 2
+        return report_error(exc)
     report.pop("decode_once", None)
     os.makedirs(args.out, exist_ok=True)
     atomic_write_json(report, osp.join(args.out, "benchmark.json"))

@@ -20,7 +20,7 @@ import re
 import sys
 
 from datasets import texts
-from toolbox.errors import UserError
+from toolbox.errors import UserError, report_error
 
 CONTEXT_LENGTH = 77  # CLIP's text context, start and end tokens included
 MIN_SENTENCES = 10
@@ -215,8 +215,7 @@ def main(argv=None):
     try:
         jobs = _jobs(args)
     except UserError as exc:
-        print("ERROR: {}".format(exc), file=sys.stderr)
-        return 2
+        return report_error(exc)
     rows, details = [], []
     for label, path, classnames in jobs:
         problems, st = check_file_report(path, classnames)

@@ -14,7 +14,7 @@ import os.path as osp
 import sys
 import tempfile
 
-from toolbox.errors import UserError
+from toolbox.errors import UserError, report_error
 
 # dataset key -> [(folder under DATA, file name, Google Drive file id)]; ids from CoOp's DATASETS.md.
 FILES = {
@@ -114,8 +114,7 @@ def main(argv=None):
                 state = fetch_one(root, folder, fname, file_id, force=args.force)
                 print("{:15s} {:9s} {}".format(key, state, osp.join(root, folder, fname)))
     except UserError as exc:
-        print("ERROR: {}".format(exc), file=sys.stderr)
-        return 2
+        return report_error(exc)
     return 0
 
 

@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 
 from datasets import texts
-from toolbox.errors import UserError
+from toolbox.errors import UserError, report_error
 from toolbox.io import atomic_write_text
 from tools import check_descriptions as check
 
@@ -348,8 +348,7 @@ def main(argv=None):
                             args.backoff)
         generate(args.dataset, classnames, args.out, client, s["per_class"], args.max_requests)
     except UserError as exc:
-        print("ERROR: {}".format(exc), file=sys.stderr)
-        return 2
+        return report_error(exc)
     except KeyboardInterrupt:
         print("interrupted; finished classes are saved in {}, re-run to resume".format(args.out), file=sys.stderr)
         return 130

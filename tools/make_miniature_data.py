@@ -19,7 +19,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from toolbox.errors import UserError
+from toolbox.errors import UserError, report_error
 
 # Real class names (facts), used when datasets/classnames/<key>.txt does not exist (yet).
 FALLBACK_NAMES = {
@@ -477,8 +477,7 @@ def main(argv=None):
         infos = make_all(args.root, args.datasets, classes=args.classes, per_class=args.per_class,
                          size=args.size, split_json=not args.no_split_json)
     except UserError as exc:
-        print("ERROR: {}".format(exc), file=sys.stderr)
-        return 2
+        return report_error(exc)
     for key, info in infos.items():
         print("{:15s} {} ({} classes, {} images)".format(key, info["dataset_dir"], len(info["classnames"]), info["total"]))
     return 0

@@ -22,7 +22,6 @@ Every image is drawn from its own seeded generator, so the same arguments give b
 """
 import argparse
 import io
-import json
 import math
 import os
 import os.path as osp
@@ -32,7 +31,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from toolbox.errors import UserError
+from toolbox.errors import UserError, report_error
 from toolbox.io import atomic_write_json, atomic_write_text
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -329,8 +328,7 @@ def main(argv=None):
                            args.per_class_source, args.shift)
             print("wrote {} ({} classes)".format(out, len(class_specs())))
     except UserError as exc:
-        print("ERROR: {}".format(exc), file=sys.stderr)
-        return 2
+        return report_error(exc)
     return 0
 
 

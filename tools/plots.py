@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
-from toolbox.errors import UserError  # noqa: E402
+from toolbox.errors import UserError, report_error  # noqa: E402
 from toolbox.io import atomic_file  # noqa: E402
 from tools.results_table import (  # noqa: E402
     METHOD_TRAINERS, claim_run_dirs, find_results, label_runs, load_run, method_order, select_runs, spread,
@@ -226,8 +226,7 @@ def main(argv=None):
             raise UserError("--out {}: the plot is written as PNG; give a file name ending in .png".format(args.out))
         (plot_per_class if args.kind == "per-class" else plot_curves)(args)
     except UserError as exc:
-        print("ERROR: {}".format(exc), file=sys.stderr)
-        return 2
+        return report_error(exc)
     return 0
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from toolbox.errors import UserError
+from toolbox.errors import UserError, report_error
 from toolbox.io import atomic_torch_save
 
 DATASET_DIR = "synthetic_fg"
@@ -249,8 +249,7 @@ def main(argv=None):
             acc = zero_shot_accuracy(model, args.root, split="val")
             print("zero-shot accuracy on the target val split (diagnostic): {:.1f}%".format(acc))
     except UserError as exc:
-        print("ERROR: {}".format(exc), file=sys.stderr)
-        return 2
+        return report_error(exc)
     return 0
 
 

@@ -21,7 +21,7 @@ import os.path as osp
 import sys
 from collections import OrderedDict
 
-from toolbox.errors import UserError
+from toolbox.errors import UserError, report_error
 from toolbox.io import atomic_write_text
 
 # Script folder name -> trainer name, in the order the table lists them.
@@ -425,8 +425,7 @@ def main(argv=None):
         if args.out:
             print("written: " + ", ".join(args.out + ext for ext, _ in outputs))
     except UserError as exc:
-        print("ERROR: {}".format(exc), file=sys.stderr)
-        return 2
+        return report_error(exc)
     return 0
 
 

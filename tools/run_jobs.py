@@ -24,7 +24,7 @@ import time
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from toolbox.errors import UserError  # noqa: E402
+from toolbox.errors import UserError, report_error  # noqa: E402
 from toolbox.io import atomic_write_json  # noqa: E402
 
 _SCRIPT_LINE = re.compile(r'run_seeds\.sh"?\s+(\S+)\s+(train|eval)\b')
@@ -199,8 +199,7 @@ def main(argv=None):
         slots = parse_slots(args.gpus, args.per_gpu)
         jobs = plan_jobs(args.datasets, args.methods, args.seeds, args.output, args.cfg)
     except UserError as exc:
-        sys.stderr.write("ERROR: {}\n".format(exc))
-        return 2
+        return report_error(exc)
     todo = sum(not j["finished"] for j in jobs)
     print("{} jobs ({} finished earlier, {} to run) on {} slot(s): {}".format(
         len(jobs), len(jobs) - todo, todo, len(slots), ", ".join(slots)))

@@ -16,7 +16,7 @@ import sys
 from tabulate import tabulate
 
 from toolbox import DATASET_REGISTRY, get_cfg_default
-from toolbox.errors import UserError
+from toolbox.errors import UserError, report_error
 
 import datasets
 from datasets.common import collect_missing_images, dataset_root, scan_unreadable
@@ -156,8 +156,7 @@ def main(argv=None):
             raise UserError("unknown dataset key(s) {}; choose from {}".format(
                 ", ".join(unknown), ", ".join(datasets.DATASET_KEYS)))
     except UserError as exc:
-        print("ERROR: {}".format(exc), file=sys.stderr)
-        return 2
+        return report_error(exc)
 
     keys = args.datasets or list(datasets.DATASET_KEYS)
     rows = []
