@@ -16,7 +16,7 @@ import sys
 import torch
 
 from toolbox import (
-    BACKEND, DASSL_IMPORT_ERROR, UserError, build_trainer, get_cfg_default,
+    BACKEND, DASSL_IMPORT_ERROR, DATASET_REGISTRY, TRAINER_REGISTRY, UserError, build_trainer, get_cfg_default,
     set_random_seed, setup_logger,
 )
 from toolbox.errors import report_error
@@ -161,6 +161,14 @@ def setup_cfg(args):
         cfg.merge_from_list(args.opts)
     except (KeyError, AssertionError, ValueError) as exc:
         raise UserError("command-line override: {}".format(_yacs_message(exc))) from exc
+    # Checked here, before the output folder or log exists: the registries themselves raise a traceback.
+    trainers_known = sorted(TRAINER_REGISTRY.registered_names())
+    if cfg.TRAINER.NAME not in trainers_known:
+        raise UserError("--trainer {!r} is not a trainer; choose one of {}".format(
+            cfg.TRAINER.NAME, ", ".join(trainers_known)))
+    if cfg.DATASET.NAME not in DATASET_REGISTRY.registered_names():
+        raise UserError("DATASET.NAME {!r} is not a dataset reader; give --dataset-config-file "
+                        "configs/datasets/<key>.yaml (keys: {})".format(cfg.DATASET.NAME, ", ".join(datasets.DATASET_KEYS)))
     if not cfg.RUN.CFG_NAME and args.config_file:
         cfg.RUN.CFG_NAME = osp.splitext(osp.basename(args.config_file))[0]
     cfg.RUN.CONFIG_FILES = merged

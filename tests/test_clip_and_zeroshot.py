@@ -133,6 +133,8 @@ def test_bad_command_lines_fail_with_one_line(mini_dtd, tiny_clip, tmp_path, cap
         (["--config-file", zs_cfg, "OPTIM.LR"], "KEY VALUE pairs"),
         (["--config-file", zs_cfg, "OPTIM.LR", "0.1", "--seed", "3"], "option --seed comes after the KEY VALUE"),
         (["--config-file", zs_cfg, "MODEL.BACKBONE.PATH", str(tmp_path / "none.pt")], "does not exist"),
+        (["--config-file", zs_cfg, "--trainer", "Nope"], "--trainer 'Nope' is not a trainer; choose one of"),
+        (["--config-file", zs_cfg, "DATASET.NAME", "Nope"], "DATASET.NAME 'Nope' is not a dataset reader"),
         (["--config-file", zs_cfg, "MODEL.BACKBONE.PATH", tiny_clip, "INPUT.SIZE", "(32, 32)"],
          "does not match the CLIP input resolution 224"),
     ]
