@@ -71,3 +71,43 @@ def build_dataset(root, key, *opts):
     from datasets import DATASET_KEYS
 
     return DATASET_REGISTRY.get(DATASET_KEYS[key])(make_dataset_cfg(root, key, *opts))
+
+
+def trainer_cfg(trainer, dataset, root, out, *opts, seed=1, method=None, extra_config_files=()):
+    """``train.setup_cfg`` for an in-process run as the scripts start it: ``--trainer trainer`` on
+    ``configs/datasets/<dataset>.yaml`` and ``configs/trainers/<method or trainer>/vit_b32.yaml``, then
+    ``extra_config_files`` and the ``opts`` KEY VALUE pairs."""
+    from train import build_parser, setup_cfg
+
+    argv = ["--root", root, "--trainer", trainer, "--seed", str(seed), "--output-dir", out,
+            "--dataset-config-file", os.path.join(REPO, "configs", "datasets", dataset + ".yaml"),
+            "--config-file", os.path.join(REPO, "configs", "trainers", method or trainer, "vit_b32.yaml")]
+    for path in extra_config_files:
+        argv += ["--extra-config-file", path]
+    return setup_cfg(build_parser().parse_args(argv + [str(o) for o in opts]))
+
+
+def build_seeded(cfg):
+    """The trainer of ``cfg``, built after seeding as train.py does."""
+    from toolbox import build_trainer, set_random_seed
+
+    set_random_seed(cfg.SEED)
+    return build_trainer(cfg)
+
+
+def small_fair_cfg(root, clip_path, out, *opts):
+    """FAIR on the miniature Oxford Pets tree, small enough for a CPU test: 1 epoch, batch 4, 3 crops."""
+    return trainer_cfg(
+        "FAIR", "oxford_pets", root, out, "MODEL.BACKBONE.PATH", clip_path, "DATALOADER.NUM_WORKERS", "0",
+        "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "OPTIM.MAX_EPOCH", "1", "TRAINER.FAIR.N_CROPS", "3",
+        "TRAINER.FAIR.TOP_K", "2", "VERBOSE", "False", *opts)
+
+
+@pytest.fixture(scope="module")
+def mini_pets(tmp_path_factory):
+    """A miniature Oxford Pets tree (3 classes x 6 images, 40 px), one per test module."""
+    from tools.make_miniature_data import make_oxford_pets
+
+    root = tmp_path_factory.mktemp("data")
+    make_oxford_pets(str(root), classes=3, per_class=6, size=40)
+    return str(root)

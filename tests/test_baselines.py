@@ -3,14 +3,13 @@ miniature DTD tree with a tiny CLIP (only the intended tensors train, no train l
 checkpoints restore what the method needs)."""
 import copy
 import math
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import build_seeded, trainer_cfg
 from trainers._alignment import description_weights
 from trainers.dpa import (
     agreement_weights, alignment_loss, class_mean_prototypes, distribution_alignment, dpa_pseudo_labels,
@@ -222,19 +221,9 @@ def mini_dtd(tmp_path_factory):
 
 
 def _trainer(trainer, root, clip_path, out, *opts):
-    from toolbox import build_trainer, set_random_seed
-    from train import build_parser, setup_cfg
-
-    args = build_parser().parse_args([
-        "--root", root, "--trainer", trainer, "--seed", "1", "--output-dir", out,
-        "--dataset-config-file", os.path.join(REPO, "configs/datasets/dtd.yaml"),
-        "--config-file", os.path.join(REPO, "configs/trainers/{}/vit_b32.yaml".format(trainer)),
-        "MODEL.BACKBONE.PATH", clip_path, "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-        "OPTIM.MAX_EPOCH", "1", "VERBOSE", "False", *opts,
-    ])
-    cfg = setup_cfg(args)
-    set_random_seed(cfg.SEED)
-    return build_trainer(cfg)
+    return build_seeded(trainer_cfg(
+        trainer, "dtd", root, out, "MODEL.BACKBONE.PATH", clip_path, "DATALOADER.NUM_WORKERS", "0",
+        "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "OPTIM.MAX_EPOCH", "1", "VERBOSE", "False", *opts))
 
 
 def _snapshot(model):

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, trainer_cfg
 
 B = 4  # per-process batch
 N_CROPS = 3
@@ -37,16 +37,10 @@ TRAINER_OPTS = {
 
 
 def _cfg(root, clip_path, out, batch, *opts, trainer="FAIR"):
-    from train import build_parser, setup_cfg
-
-    args = build_parser().parse_args([
-        "--root", root, "--trainer", trainer, "--seed", "1", "--output-dir", out,
-        "--dataset-config-file", os.path.join(REPO, "configs/datasets/oxford_pets.yaml"),
-        "--config-file", os.path.join(REPO, "configs/trainers/{}/vit_b32.yaml".format(trainer)),
-        "MODEL.BACKBONE.PATH", clip_path, "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", str(batch),
-        "OPTIM.MAX_EPOCH", "1", "VERBOSE", "False", "USE_CUDA", str(CUDA), *TRAINER_OPTS[trainer], *opts,
-    ])
-    return setup_cfg(args)
+    return trainer_cfg(
+        trainer, "oxford_pets", root, out, "MODEL.BACKBONE.PATH", clip_path, "DATALOADER.NUM_WORKERS", "0",
+        "DATALOADER.TRAIN_X.BATCH_SIZE", str(batch), "OPTIM.MAX_EPOCH", "1", "VERBOSE", "False", "USE_CUDA", str(CUDA),
+        *TRAINER_OPTS[trainer], *opts)
 
 
 def _fixed_batch(n):
@@ -84,15 +78,6 @@ def _worker(rank, world, port, root, clip_path, out, result_dir, opts, trainer):
         torch.save(result, os.path.join(result_dir, "rank{}.pt".format(rank)))
     finally:
         _distributed.cleanup()
-
-
-@pytest.fixture(scope="module")
-def mini_pets(tmp_path_factory):
-    from tools.make_miniature_data import make_oxford_pets
-
-    root = tmp_path_factory.mktemp("data")
-    make_oxford_pets(str(root), classes=3, per_class=6, size=40)
-    return str(root)
 
 
 @pytest.mark.parametrize("trainer,opts", [

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.conftest import REPO, run_cli, train_py
+from tests.conftest import REPO, build_seeded, run_cli, small_fair_cfg, train_py
 from trainers._alignment import mean_description_embedding, select_top_crops
 from trainers._views import LocalCrops, sample_square_crop
 from trainers.fair import (
@@ -97,15 +97,6 @@ def test_margin_weight_ranks_confident_above_ambiguous():
 
 # ---------------------------------------------------------------------------- trainer
 @pytest.fixture(scope="module")
-def mini_pets(tmp_path_factory):
-    from tools.make_miniature_data import make_oxford_pets
-
-    root = tmp_path_factory.mktemp("data")
-    make_oxford_pets(str(root), classes=3, per_class=6, size=40)
-    return str(root)
-
-
-@pytest.fixture(scope="module")
 def mini_cars(tmp_path_factory):
     from tools.make_miniature_data import make_stanford_cars
 
@@ -114,33 +105,12 @@ def mini_cars(tmp_path_factory):
     return str(root)
 
 
-def _fair_cfg(root, clip_path, out, *opts):
-    from train import build_parser, setup_cfg
-
-    args = build_parser().parse_args([
-        "--root", root, "--trainer", "FAIR", "--seed", "1", "--output-dir", out,
-        "--dataset-config-file", os.path.join(REPO, "configs/datasets/oxford_pets.yaml"),
-        "--config-file", os.path.join(REPO, "configs/trainers/FAIR/vit_b32.yaml"),
-        "MODEL.BACKBONE.PATH", clip_path, "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-        "OPTIM.MAX_EPOCH", "1", "TRAINER.FAIR.N_CROPS", "3", "TRAINER.FAIR.TOP_K", "2", "VERBOSE", "False",
-        *opts,
-    ])
-    return setup_cfg(args)
-
-
-def _build(cfg):
-    from toolbox import build_trainer, set_random_seed
-
-    set_random_seed(cfg.SEED)
-    return build_trainer(cfg)
-
-
 def _snapshot(trainer):
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
 
 
 def test_anchors_start_at_description_means_and_only_ln_and_anchors_train(mini_pets, tiny_clip, tmp_path):
-    trainer = _build(_fair_cfg(mini_pets, tiny_clip, str(tmp_path / "run")))
+    trainer = build_seeded(small_fair_cfg(mini_pets, tiny_clip, str(tmp_path / "run")))
     emb, mask = trainer.description_bank()
     assert torch.allclose(trainer.model.anchors, mean_description_embedding(emb, mask), atol=1e-6)
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -163,7 +133,7 @@ def test_anchors_start_at_description_means_and_only_ln_and_anchors_train(mini_p
 
 def test_no_train_label_reaches_the_loss(mini_pets, tiny_clip, tmp_path):
     """Same state, same views, different (even nonsense) train labels -> identical update."""
-    trainer = _build(_fair_cfg(mini_pets, tiny_clip, str(tmp_path / "run")))
+    trainer = build_seeded(small_fair_cfg(mini_pets, tiny_clip, str(tmp_path / "run")))
     batch = next(iter(trainer.train_loader_x))
     start_model = copy.deepcopy(trainer.model.state_dict())
     start_optim = copy.deepcopy(trainer.optim.state_dict())
@@ -183,7 +153,7 @@ def test_no_train_label_reaches_the_loss(mini_pets, tiny_clip, tmp_path):
 
 
 def test_bf16_keeps_fp32_master_weights_and_description_anchors_run(mini_pets, tiny_clip, tmp_path):
-    trainer = _build(_fair_cfg(mini_pets, tiny_clip, str(tmp_path / "run"), "TRAINER.FAIR.PREC", "bf16",
+    trainer = build_seeded(small_fair_cfg(mini_pets, tiny_clip, str(tmp_path / "run"), "TRAINER.FAIR.PREC", "bf16",
                                "TRAINER.FAIR.ANCHORS", "description", "TRAINER.FAIR.WEIGHTING", "margin",
                                "TRAINER.FAIR.BALANCE", "running", "TRAINER.FAIR.TEST_LAS", "True"))
     assert trainer.model.anchors.dim() == 3
@@ -293,7 +263,7 @@ def test_per_epoch_diagnostic_evaluation_does_not_change_training(mini_pets, tin
     """Evaluating the test split after each epoch (history only) leaves the trained weights identical."""
     finals = []
     for flag in ("True", "False"):
-        trainer = _build(_fair_cfg(mini_pets, tiny_clip, str(tmp_path / flag), "OPTIM.MAX_EPOCH", "2",
+        trainer = build_seeded(small_fair_cfg(mini_pets, tiny_clip, str(tmp_path / flag), "OPTIM.MAX_EPOCH", "2",
                                    "TRAINER.FAIR.EVAL_EACH_EPOCH", flag))
         trainer.train()
         finals.append(_snapshot(trainer))

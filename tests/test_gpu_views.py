@@ -17,7 +17,7 @@ from PIL import Image
 from scipy.stats import ks_2samp
 
 from datasets.decoded_cache import CachedImages, collate_canvas, decode_resized, open_decoded_cache
-from tests.conftest import REPO
+from tests.conftest import build_seeded, small_fair_cfg
 from toolbox.errors import UserError
 from trainers._gpu_views import RA_OPS, GpuViews, center_view, local_crops, strong_view, weak_view
 from trainers._views import LocalCrops, strong_transform, weak_transform
@@ -339,28 +339,8 @@ def test_pinned_center_loader_gives_the_worker_path_batches():
     assert any((b["sizes"] < 24).any() for b in got)  # a padded image was exercised
 
 # ---------------------------------------------------------------------------- the trainer on the GPU path
-@pytest.fixture(scope="module")
-def mini_pets(tmp_path_factory):
-    from tools.make_miniature_data import make_oxford_pets
-
-    root = tmp_path_factory.mktemp("data")
-    make_oxford_pets(str(root), classes=3, per_class=6, size=40)
-    return str(root)
-
-
 def _fair_trainer(root, clip_path, out, *opts):
-    from toolbox import build_trainer, set_random_seed
-    from train import build_parser, setup_cfg
-
-    args = build_parser().parse_args([
-        "--root", root, "--trainer", "FAIR", "--seed", "1", "--output-dir", out,
-        "--dataset-config-file", os.path.join(REPO, "configs/datasets/oxford_pets.yaml"),
-        "--config-file", os.path.join(REPO, "configs/trainers/FAIR/vit_b32.yaml"),
-        "MODEL.BACKBONE.PATH", clip_path, "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-        "OPTIM.MAX_EPOCH", "1", "TRAINER.FAIR.N_CROPS", "3", "TRAINER.FAIR.TOP_K", "2", "VERBOSE", "False", *opts])
-    cfg = setup_cfg(args)
-    set_random_seed(cfg.SEED)
-    return build_trainer(cfg)
+    return build_seeded(small_fair_cfg(root, clip_path, out, *opts))
 
 
 def test_fair_trains_and_tests_on_the_gpu_view_path(mini_pets, tiny_clip, tmp_path):

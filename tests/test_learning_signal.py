@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, build_seeded, trainer_cfg
 from tests.synthetic_world import build_synthetic_world
 from toolbox import TRAINER_REGISTRY
 from trainers.fair import FAIR
@@ -71,21 +71,11 @@ def world():
 def _run(world, trainer, seed, out, config_of=None):
     """One run as scripts/<method>/main.sh does it (method config + per_dataset/synthetic.yaml), in-process;
     returns the final test accuracy read from its results.json."""
-    from toolbox import build_trainer, set_random_seed
-    from train import build_parser, setup_cfg
-
     method = config_of or trainer
-    folder = os.path.join(REPO, "configs", "trainers", method)
-    args = build_parser().parse_args([
-        "--root", world["root"], "--trainer", trainer, "--seed", str(seed), "--output-dir", out,
-        "--dataset-config-file", os.path.join(REPO, "configs", "datasets", "synthetic.yaml"),
-        "--config-file", os.path.join(folder, "vit_b32.yaml"),
-        "--extra-config-file", os.path.join(folder, "per_dataset", "synthetic.yaml"),
-        "MODEL.BACKBONE.PATH", world["clip_path"], "VERBOSE", "False",
-    ])
-    cfg = setup_cfg(args)
-    set_random_seed(cfg.SEED)
-    runner = build_trainer(cfg)
+    per_dataset = os.path.join(REPO, "configs", "trainers", method, "per_dataset", "synthetic.yaml")
+    runner = build_seeded(trainer_cfg(
+        trainer, "synthetic", world["root"], out, "MODEL.BACKBONE.PATH", world["clip_path"], "VERBOSE", "False",
+        seed=seed, method=method, extra_config_files=[per_dataset]))
     if runner.get_model_names():
         runner.train()  # ends with the final test, which writes results.json
     else:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 from tools.run_jobs import available_methods, parse_slots, plan_jobs, resolve_method
 from toolbox.errors import UserError
 
