@@ -111,3 +111,13 @@ def mini_pets(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     make_oxford_pets(str(root), classes=3, per_class=6, size=40)
     return str(root)
+
+
+@pytest.fixture(scope="module")
+def mini_dtd(tmp_path_factory):
+    """A miniature DTD tree (3 classes x 6 images, 40 px), one per test module."""
+    from tools.make_miniature_data import make_dtd
+
+    root = tmp_path_factory.mktemp("data")
+    make_dtd(str(root), classes=3, per_class=6, size=40)
+    return str(root)

@@ -211,15 +211,6 @@ def test_dpa_image_prototype_update_and_alignment():
 
 
 # ---------------------------------------------------------------------------- trainers on a miniature tree
-@pytest.fixture(scope="module")
-def mini_dtd(tmp_path_factory):
-    from tools.make_miniature_data import make_dtd
-
-    root = tmp_path_factory.mktemp("data")
-    make_dtd(str(root), classes=3, per_class=6, size=40)
-    return str(root)
-
-
 def _trainer(trainer, root, clip_path, out, *opts):
     return build_seeded(trainer_cfg(
         trainer, "dtd", root, out, "MODEL.BACKBONE.PATH", clip_path, "DATALOADER.NUM_WORKERS", "0",

@@ -63,15 +63,6 @@ def test_text_features_are_cached_per_model_and_texts(tiny_clip, tmp_path):
     assert len(os.listdir(tmp_path / "text")) == 2  # other texts -> another entry
 
 
-@pytest.fixture(scope="module")
-def mini_dtd(tmp_path_factory):
-    from tools.make_miniature_data import make_dtd
-
-    root = tmp_path_factory.mktemp("data")
-    make_dtd(str(root), classes=3, per_class=6, size=40)
-    return str(root)
-
-
 @pytest.mark.parametrize("method,trainer", [("zsclip", "ZeroshotCLIP"), ("cupl", "CuPL")])
 def test_zero_shot_scripts_write_results_and_skip_finished_seeds(method, trainer, mini_dtd, tiny_clip, tmp_path):
     out = str(tmp_path / "output")
