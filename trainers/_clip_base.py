@@ -121,6 +121,15 @@ class ClipTrainer(TrainerX):
         standard = self.custom_test_transform() is None and "normalize" in self.cfg.INPUT.TRANSFORMS
         return [center_view()] if standard else None
 
+    def check_choices(self, cfg, choices):
+        """Each ``TRAINER.<CFG_NODE>.<KEY>`` named in ``choices`` ({KEY: allowed values}) holds an allowed
+        value (called from ``check_cfg``, which runs before ``self.cfg`` is set)."""
+        node = cfg.TRAINER[self.CFG_NODE]
+        for key, allowed in choices.items():
+            if node[key] not in allowed:
+                raise UserError("TRAINER.{}.{}={!r} is not one of {}".format(
+                    self.CFG_NODE, key, node[key], ", ".join(allowed)))
+
     def use_gpu_views(self):
         mode = str(self.cfg.DATALOADER.GPU_VIEWS).lower()
         if mode not in GPU_VIEW_MODES:

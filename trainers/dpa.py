@@ -112,9 +112,7 @@ class DPA(ClipTrainer):
 
     def check_cfg(self, cfg):
         c = cfg.TRAINER.DPA
-        for key, allowed in {"PREC": ("fp32", "bf16"), "WEIGHTING": ("agreement", "none")}.items():
-            if c[key] not in allowed:
-                raise UserError("TRAINER.DPA.{}={!r} is not one of {}".format(key, c[key], ", ".join(allowed)))
+        self.check_choices(cfg, {"PREC": ("fp32", "bf16"), "WEIGHTING": ("agreement", "none")})
         if not 0.0 <= c.ALPHA <= 1.0:
             raise UserError("TRAINER.DPA.ALPHA={} must be in [0, 1]".format(c.ALPHA))
         if c.DA_HISTORY < 1:

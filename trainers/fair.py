@@ -146,12 +146,10 @@ class FAIR(ClipTrainer):
 
     def check_cfg(self, cfg):
         c = cfg.TRAINER.FAIR
-        choices = {"PREC": ("fp32", "bf16"), "ANCHORS": ("class", "description"),
-                   "WEIGHTING": ("agreement", "margin", "entropy", "none"),
-                   "BALANCE": ("batch", "running", "none"), "DESC_WEIGHTING": ("linear", "softmax", "mean")}
-        for key, allowed in choices.items():
-            if c[key] not in allowed:
-                raise UserError("TRAINER.FAIR.{}={!r} is not one of {}".format(key, c[key], ", ".join(allowed)))
+        self.check_choices(cfg, {
+            "PREC": ("fp32", "bf16"), "ANCHORS": ("class", "description"),
+            "WEIGHTING": ("agreement", "margin", "entropy", "none"), "BALANCE": ("batch", "running", "none"),
+            "DESC_WEIGHTING": ("linear", "softmax", "mean")})
         if not 1 <= c.TOP_K <= c.N_CROPS:
             raise UserError("TRAINER.FAIR.TOP_K={} must be between 1 and TRAINER.FAIR.N_CROPS={}".format(
                 c.TOP_K, c.N_CROPS))

@@ -171,9 +171,7 @@ class MUST(ClipTrainer):
 
     def check_cfg(self, cfg):
         c = cfg.TRAINER.MUST
-        for key, allowed in {"PREC": ("fp32", "bf16"), "BALANCE": ("auto", "batch", "running", "none")}.items():
-            if c[key] not in allowed:
-                raise UserError("TRAINER.MUST.{}={!r} is not one of {}".format(key, c[key], ", ".join(allowed)))
+        self.check_choices(cfg, {"PREC": ("fp32", "bf16"), "BALANCE": ("auto", "batch", "running", "none")})
         if not 0.0 <= c.CONF_THRESHOLD < 1.0:
             raise UserError("TRAINER.MUST.CONF_THRESHOLD={} must be in [0, 1)".format(c.CONF_THRESHOLD))
         if not (0.0 <= c.EMA_DECAY_INIT <= 1.0 and 0.0 <= c.EMA_DECAY <= 1.0):

@@ -145,10 +145,7 @@ class UPL(ClipTrainer):
 
     def check_cfg(self, cfg):
         c = cfg.TRAINER.UPL
-        if c.PREC not in ("fp32", "bf16"):
-            raise UserError("TRAINER.UPL.PREC={!r} is not one of fp32, bf16".format(c.PREC))
-        if c.PSEUDO_TEMPLATES not in ("upl", "dataset"):
-            raise UserError("TRAINER.UPL.PSEUDO_TEMPLATES={!r} is not one of upl, dataset".format(c.PSEUDO_TEMPLATES))
+        self.check_choices(cfg, {"PREC": ("fp32", "bf16"), "PSEUDO_TEMPLATES": ("upl", "dataset")})
         if c.ENSEMBLE < 1:
             raise UserError("TRAINER.UPL.ENSEMBLE={} must be at least 1".format(c.ENSEMBLE))
         if c.N_CTX < 1 and not c.CTX_INIT:

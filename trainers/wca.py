@@ -89,8 +89,7 @@ class WCA(ClipTrainer):
 
     def check_cfg(self, cfg):
         c = cfg.TRAINER.WCA
-        if c.PREC not in ("fp32", "bf16"):
-            raise UserError("TRAINER.WCA.PREC={!r} is not one of fp32, bf16".format(c.PREC))
+        self.check_choices(cfg, {"PREC": ("fp32", "bf16")})
         if c.N_CROPS < 1:
             raise UserError("TRAINER.WCA.N_CROPS={} must be at least 1".format(c.N_CROPS))
         if not 0.0 < c.MIN_FRAC <= c.MAX_FRAC <= 1.0:
