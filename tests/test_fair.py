@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tests.conftest import REPO, build_seeded, run_cli, small_fair_cfg, train_py
+from toolbox.errors import UserError
 from trainers._alignment import mean_description_embedding, select_top_crops
 from trainers._views import LocalCrops, sample_square_crop
 from trainers.fair import (
@@ -177,6 +178,20 @@ def test_bad_fair_key_values_fail_clearly(mini_pets, tiny_clip, tmp_path):
                    "--config-file", os.path.join(REPO, "configs/trainers/FAIR/vit_b32.yaml"),
                    "MODEL.BACKBONE.PATH", tiny_clip, "TRAINER.FAIR.GAMA", "0.3")
     assert out.returncode == 2 and "unknown config key 'TRAINER.FAIR.GAMA'" in out.stderr
+
+
+def test_non_finite_loss_is_a_one_line_error(mini_pets, tiny_clip, tmp_path):
+    """A NaN loss reaching the engine's backward (as a diverged run produces) is a UserError naming the
+    epoch, the batch and the fix, not a bare FloatingPointError; nothing is updated."""
+    trainer = build_seeded(small_fair_cfg(mini_pets, tiny_clip, str(tmp_path / "run")))
+    trainer.epoch, trainer.batch_idx = 0, 2
+    before = _snapshot(trainer)
+    loss = sum(p.sum() for p in trainer.model.parameters() if p.requires_grad) * float("nan")
+    with pytest.raises(UserError, match=r"^FAIR: non-finite loss at epoch 1 batch 3; lower OPTIM.LR or use "
+                                        r"TRAINER.FAIR.PREC fp32$"):
+        trainer.model_backward_and_update(loss)
+    after = _snapshot(trainer)
+    assert all(torch.equal(before[n], after[n]) for n in before)
 
 
 # ---------------------------------------------------------------------------- the script, end to end

@@ -348,11 +348,14 @@ class ClipTrainer(TrainerX):
         self.train_images_seen += self.num_batches * self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE * self.world_size
 
     def detect_anomaly(self, loss):
-        """CPU: raise at once (as the engine does). GPU: remember a non-finite loss on the device and raise
-        at the next print step or at the epoch end (``check_finite_loss``), so no step waits for the host."""
-        if self.device.type != "cuda":
-            return super().detect_anomaly(loss)
+        """Called by ``model_backward`` before every backward. CPU: a non-finite loss is a one-line error at
+        once (the engine would raise a bare FloatingPointError). GPU: remember it on the device and raise at
+        the next print step or at the epoch end (``check_finite_loss``), so no step waits for the host."""
         bad = ~torch.isfinite(loss.detach()).all()
+        if self.device.type != "cuda":
+            if bool(bad):
+                raise self._nonfinite_error("at epoch {} batch {}")
+            return
         flag = getattr(self, "_nonfinite", None)
         self._nonfinite = bad if flag is None else flag | bad
 
@@ -360,9 +363,13 @@ class ClipTrainer(TrainerX):
         flag = getattr(self, "_nonfinite", None)
         if flag is not None and bool(flag):
             self._nonfinite = None
-            raise UserError("{}: non-finite loss in epoch {} (found by batch {}); lower OPTIM.LR or use "
-                            "TRAINER.{}.PREC fp32".format(self.cfg.TRAINER.NAME, self.epoch + 1, self.batch_idx + 1,
-                                                          self.CFG_NODE or self.cfg.TRAINER.NAME))
+            raise self._nonfinite_error("in epoch {} (found by batch {})")
+
+    def _nonfinite_error(self, where):
+        """The one-line error for a non-finite loss; ``where`` formats the epoch and the batch."""
+        return UserError("{}: non-finite loss {}; lower OPTIM.LR or use TRAINER.{}.PREC fp32".format(
+            self.cfg.TRAINER.NAME, where.format(self.epoch + 1, self.batch_idx + 1),
+            self.CFG_NODE or self.cfg.TRAINER.NAME))
 
     def write_results(self, evaluation):
         if not _distributed.is_main():

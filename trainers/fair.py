@@ -256,11 +256,7 @@ class FAIR(ClipTrainer):
         pseudo, weights, s_fix, las = self.pseudo_labels(weak, crops)
         strong_feats, class_vectors = self.train_model(strong)
         loss, loss_st, loss_bal = self.fair_loss(strong_feats, pseudo, weights, class_vectors)
-        try:
-            self.model_backward_and_update(loss)
-        except FloatingPointError as exc:
-            raise UserError("FAIR: non-finite loss at epoch {} batch {}; lower OPTIM.LR or use "
-                            "TRAINER.FAIR.PREC fp32".format(self.epoch + 1, self.batch_idx + 1)) from exc
+        self.model_backward_and_update(loss)
         self.sched.step()  # per-iteration cosine (stepped here, not by update_lr at the epoch end)
 
         # Epoch statistics kept on the device (read once per epoch). The label is a diagnostic only.

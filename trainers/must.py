@@ -232,11 +232,7 @@ class MUST(ClipTrainer):
         if self.balance_form != "none":
             loss_bal = balance_term(torch.softmax(logits, dim=1), self.balance_form, self.marginal)
         loss = loss_st + c.BALANCE_WEIGHT * loss_bal
-        try:
-            self.model_backward_and_update(loss)
-        except FloatingPointError as exc:
-            raise UserError("MUST: non-finite loss at epoch {} batch {}; lower OPTIM.LR or use TRAINER.MUST.PREC "
-                            "fp32".format(self.epoch + 1, self.batch_idx + 1)) from exc
+        self.model_backward_and_update(loss)
         self.sched.step()  # per-iteration cosine
         decay = ema_decay(step, c.EMA_DECAY_INIT, c.EMA_DECAY, c.EMA_WARMUP_ITERS)
         self.model.ema_step(decay)

@@ -251,11 +251,7 @@ class UPL(ClipTrainer):
         with torch.no_grad():
             feats = self.encode_images(images)
         loss = ensemble_loss(self.prompt_logits(feats), pseudo)
-        try:
-            self.model_backward_and_update(loss)
-        except FloatingPointError as exc:
-            raise UserError("UPL: non-finite loss at epoch {} batch {}; lower OPTIM.LR or use TRAINER.UPL.PREC "
-                            "fp32".format(self.epoch + 1, self.batch_idx + 1)) from exc
+        self.model_backward_and_update(loss)
         if self.batch_idx + 1 == self.num_batches:
             self.update_lr()  # CoOp-style per-epoch schedule
         self._epoch_stats["n"] += 1
