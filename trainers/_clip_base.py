@@ -426,7 +426,12 @@ class ClipTrainer(TrainerX):
             super().init_writer(log_dir)
 
     def log_epoch(self, record):
-        """Print one line per epoch and keep it for results.json (``history``) and TensorBoard."""
+        """Print one line per epoch and keep it for results.json (``history``) and TensorBoard. With
+        ``TRAINER.<CFG_NODE>.EVAL_EACH_EPOCH`` every epoch but the last (the final test covers that one)
+        also records its test accuracy, a diagnostic that never selects a model."""
+        if self.cfg.TRAINER[self.CFG_NODE].get("EVAL_EACH_EPOCH", False) and self.epoch + 1 != self.max_epoch:
+            record = dict(record, test_acc=self.evaluate()["results"]["accuracy"])
+            self.set_model_mode("train")
         record = dict(record, epoch=self.epoch + 1)
         self.history.append(record)
         if not _distributed.is_main():

@@ -248,10 +248,6 @@ class DPA(ClipTrainer):
             "diag_pseudo_label_acc": 100.0 * stats["pl_correct"].item() / n,  # diagnostic: uses train labels
             "lr": stats["lr"],
         }
-        last_epoch = self.epoch + 1 == self.max_epoch  # the final test() covers the last epoch
-        if self.cfg.TRAINER.DPA.EVAL_EACH_EPOCH and not last_epoch:
-            record["test_acc"] = self.evaluate()["results"]["accuracy"]
-            self.set_model_mode("train")
         self.log_epoch(record)
         super().after_epoch()  # checkpoint, with the new prototypes
 

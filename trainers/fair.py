@@ -282,11 +282,6 @@ class FAIR(ClipTrainer):
             "diag_pseudo_label_acc": 100.0 * stats["pl_correct"].item() / n,  # diagnostic: uses train labels
             "lr": self.get_current_lr(),
         }
-        last_epoch = self.epoch + 1 == self.max_epoch  # the final test() covers the last epoch
-        if self.cfg.TRAINER.FAIR.EVAL_EACH_EPOCH and not last_epoch:
-            evaluation = self.evaluate()
-            record["test_acc"] = evaluation["results"]["accuracy"]
-            self.set_model_mode("train")
         self.log_epoch(record)
         super().after_epoch()
 

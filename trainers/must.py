@@ -253,10 +253,6 @@ class MUST(ClipTrainer):
             "ema_decay": float(stats.get("ema_decay", 0.0)),
             "lr": stats["lr"],
         }
-        last_epoch = self.epoch + 1 == self.max_epoch  # the final test() covers the last epoch
-        if self.cfg.TRAINER.MUST.EVAL_EACH_EPOCH and not last_epoch:
-            record["test_acc"] = self.evaluate()["results"]["accuracy"]
-            self.set_model_mode("train")
         self.log_epoch(record)
         super().after_epoch()
 

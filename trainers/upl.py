@@ -262,10 +262,6 @@ class UPL(ClipTrainer):
         stats = self._epoch_stats
         record = {"loss": stats["loss_sum"].item() / max(stats["n"], 1), "lr": stats["lr"]}
         record.update(self.pseudo_stats)
-        last_epoch = self.epoch + 1 == self.max_epoch  # the final test() covers the last epoch
-        if self.cfg.TRAINER.UPL.EVAL_EACH_EPOCH and not last_epoch:
-            record["test_acc"] = self.evaluate()["results"]["accuracy"]
-            self.set_model_mode("train")
         self.log_epoch(record)
         super().after_epoch()
 
