@@ -14,6 +14,7 @@ next readable one, as ``datasets.common.SkipUnreadableWrapper`` does; more of th
 ``DATASET.MAX_UNREADABLE`` allows is an error.
 """
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -293,3 +294,16 @@ def collate_canvas(items, edge=2, center_square=False):
         "impath": [it["impath"] for it in items],
         "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
     }
+
+
+def canvas_loader(dataset, batch_size, train, workers, pin_memory, center_square=False, prefetch_factor=None):
+    """A DataLoader of ``collate_canvas`` batches over ``dataset`` (a ``CachedImages``): shuffled with full
+    batches for training, in order for evaluation; worker processes persist across epochs.
+    ``prefetch_factor``: batches each worker prepares ahead (None: PyTorch's default)."""
+    extra = {"prefetch_factor": prefetch_factor} if workers > 0 and prefetch_factor else {}
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size,
+        sampler=torch.utils.data.RandomSampler(dataset) if train else torch.utils.data.SequentialSampler(dataset),
+        num_workers=workers, collate_fn=functools.partial(collate_canvas, center_square=center_square),
+        pin_memory=pin_memory, drop_last=train and len(dataset) >= batch_size, persistent_workers=workers > 0,
+        **extra)

@@ -24,7 +24,6 @@ texts) and fed synthetic images decoded once into an in-memory uint8 cache. Weig
 """
 import argparse
 import contextlib
-import functools
 import io
 import os
 import os.path as osp
@@ -123,15 +122,12 @@ def synthetic_cache(n_items, side, num_classes, distinct=256, seed=0):
 
 
 def cached_loader(items, cache, batch, workers, device, train, center_square=False):
-    from datasets.decoded_cache import CachedImages, collate_canvas
+    """The trainers' loader over ``cache`` (``ClipTrainer.cached_loader``), with 4 batches prefetched per
+    worker (the trainers use PyTorch's default, 2)."""
+    from datasets.decoded_cache import CachedImages, canvas_loader
 
-    dataset = CachedImages(items, cache)
-    sampler = torch.utils.data.RandomSampler(dataset) if train else torch.utils.data.SequentialSampler(dataset)
-    extra = {"persistent_workers": True, "prefetch_factor": 4} if workers > 0 else {}
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=train,
-        collate_fn=functools.partial(collate_canvas, center_square=center_square),
-        pin_memory=device.type == "cuda", **extra)
+    return canvas_loader(CachedImages(items, cache), batch, train, workers, pin_memory=device.type == "cuda",
+                         center_square=center_square, prefetch_factor=4)
 
 
 def forever(loader):

@@ -16,7 +16,6 @@
 """
 import contextlib
 import datetime
-import functools
 import os.path as osp
 import resource
 import time
@@ -24,13 +23,12 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
 import datasets
 from clip_backbone import description_bank, load_clip_from_cfg, template_classifier
 from datasets.common import SkipUnreadableWrapper
-from datasets.decoded_cache import CachedImages, collate_canvas, open_decoded_cache
+from datasets.decoded_cache import CachedImages, canvas_loader, open_decoded_cache
 from datasets.texts import load_descriptions
 from toolbox import AverageMeter, DataManager, MetricMeter, TrainerX, load_checkpoint, read_json
 from toolbox.errors import UserError
@@ -147,14 +145,9 @@ class ClipTrainer(TrainerX):
             [item.impath for item in items], side, cfg.DATALOADER.DECODED_CACHE,
             cfg.DATALOADER.DECODED_CACHE_DIR, workers=cfg.DATALOADER.NUM_WORKERS,
             max_unreadable=cfg.DATASET.MAX_UNREADABLE, label="{} {}".format(cfg.DATASET.NAME, split))
-        dataset = CachedImages(items, cache)
         batch = cfg.DATALOADER.TRAIN_X.BATCH_SIZE if is_train else cfg.DATALOADER.TEST.BATCH_SIZE
-        workers = cfg.DATALOADER.NUM_WORKERS
-        return DataLoader(
-            dataset, batch_size=batch, sampler=RandomSampler(dataset) if is_train else SequentialSampler(dataset),
-            num_workers=workers, collate_fn=functools.partial(collate_canvas, center_square=center_only),
-            pin_memory=self.device.type == "cuda", drop_last=is_train and len(dataset) >= batch,
-            persistent_workers=workers > 0)
+        return canvas_loader(CachedImages(items, cache), batch, is_train, cfg.DATALOADER.NUM_WORKERS,
+                             pin_memory=self.device.type == "cuda", center_square=center_only)
 
     def build_gpu_view_loaders(self, dm):
         seed = max(int(self.cfg.SEED), 0) * 1000 + self.rank
