@@ -286,9 +286,12 @@ def collate_canvas(items, edge=2, center_square=False):
     sizes, hmax, wmax = canvas_shape(imgs)
     canvas = np.empty((len(items), hmax, wmax, 3), dtype=np.uint8)
     fill_canvas(canvas, imgs, edge)
+    return dict(canvas=torch.from_numpy(canvas), sizes=torch.from_numpy(sizes), **item_fields(items))
+
+
+def item_fields(items):
+    """The keys of a canvas batch besides ``canvas`` and ``sizes``: label, domain, impath, index."""
     return {
-        "canvas": torch.from_numpy(canvas),
-        "sizes": torch.from_numpy(sizes),
         "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
         "domain": torch.tensor([it["domain"] for it in items], dtype=torch.long),
         "impath": [it["impath"] for it in items],

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from datasets.decoded_cache import canvas_shape, central_square, fill_canvas
+from datasets.decoded_cache import canvas_shape, central_square, fill_canvas, item_fields
 
 _DONE = object()
 
@@ -60,14 +60,7 @@ class PinnedCenterLoader:
         parts = [(s, min(s + step, len(imgs))) for s in range(0, len(imgs), step)]
         # numpy releases the GIL for these copies, so the parts are filled in parallel
         list(pool.map(lambda p: fill_canvas(array[p[0]:p[1]], imgs[p[0]:p[1]], self.edge), parts))
-        return {
-            "canvas": canvas,
-            "sizes": torch.from_numpy(sizes),
-            "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
-            "domain": torch.tensor([it["domain"] for it in items], dtype=torch.long),
-            "impath": [it["impath"] for it in items],
-            "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
-        }
+        return dict(canvas=canvas, sizes=torch.from_numpy(sizes), **item_fields(items))
 
     def __iter__(self):
         if self.device.type != "cuda":
