@@ -5,8 +5,10 @@
         --config-file configs/trainers/FAIR/vit_b32.yaml \
         --output-dir output/stanford_cars/FAIR/vit_b32/seed1 [KEY VALUE ...]
 
-Config merge order (as in CoOp): defaults + extend_cfg, dataset YAML, method YAML (then any
---extra-config-file, e.g. a per-dataset override), command-line arguments, trailing KEY VALUE pairs. Unknown keys fail with a message naming the key.
+Config merge order (as in CoOp): defaults + our keys (``fairclip.config.extend_cfg``), dataset YAML, method
+YAML and its per-dataset override (``<method config dir>/per_dataset/<dataset>.yaml``, found automatically),
+any --extra-config-file, command-line arguments, trailing KEY VALUE pairs. Unknown keys fail with a message
+naming the key.
 """
 import argparse
 import os
@@ -15,15 +17,16 @@ import sys
 
 import torch
 
-from toolbox import (
-    BACKEND, DASSL_IMPORT_ERROR, DATASET_REGISTRY, TRAINER_REGISTRY, UserError, build_trainer, get_cfg_default,
+from fairclip.toolbox import (
+    BACKEND, DASSL_IMPORT_ERROR, DATASET_REGISTRY, TRAINER_REGISTRY, UserError, build_trainer,
     set_random_seed, setup_logger,
 )
-from toolbox.errors import report_error
+from fairclip.toolbox.errors import report_error
 
-import datasets  # noqa: F401  (registers the dataset readers)
-import trainers  # noqa: F401  (registers the trainers)
-from trainers import _distributed
+from fairclip import datasets  # registers the dataset readers
+from fairclip import trainers  # noqa: F401  (registers the trainers)
+from fairclip.config import get_cfg, merge_config_file, yacs_message
+from fairclip.trainers import _distributed
 
 
 def print_args(args, cfg):
@@ -84,70 +87,11 @@ def reset_cfg(cfg, args):
         cfg.MODEL.HEAD.NAME = args.head
 
 
-def extend_cfg(cfg):
-    """Add the keys of this project (dataset/model level here, per-trainer keys in each trainer)."""
-    from yacs.config import CfgNode as CN
-
-    cfg.DATASET.SUBSAMPLE_CLASSES = "all"  # all, base or new (CoOp's base-to-new protocol)
-    # Per-class description file ({classname: [sentences]}, CuPL format). Empty: ours, shipped in
-    # datasets/descriptions/<dataset key>.json.
-    cfg.DATASET.DESCRIPTIONS = ""
-    # Class-name prompts: "ensemble" (the dataset's template list), "single" ("a photo of a {}."),
-    # or a path to a JSON list of templates containing "{}".
-    cfg.DATASET.TEMPLATES = "ensemble"
-    # Fraction of a split's images that may be unreadable (skipped and counted) before the run fails.
-    cfg.DATASET.MAX_UNREADABLE = 0.01
-
-    cfg.MODEL.BACKBONE.PATH = ""  # local CLIP file (JIT archive or state dict); overrides NAME
-    cfg.MODEL.BACKBONE.DOWNLOAD_ROOT = ""  # where named weights are downloaded; "" = ~/.cache/clip
-    cfg.MODEL.TEXT_CACHE_DIR = ""  # text-feature cache; "" = $FAIRCLIP_CACHE or ~/.cache/fairclip/text
-
-    # Speed (docs/speed.md). Views made on the device from a decode-once uint8 cache, for trainers that
-    # list their views (FAIR; the CLIP test view of any trainer with the standard test transform):
-    # auto = when running on CUDA, always = also on CPU (slow; tests), never = the CPU PIL path only.
-    cfg.DATALOADER.GPU_VIEWS = "auto"
-    cfg.DATALOADER.DECODED_CACHE = "disk"  # where decoded images live: disk (memory-mapped, reused) | memory
-    cfg.DATALOADER.DECODED_CACHE_DIR = ""  # "" = $FAIRCLIP_CACHE/decoded or ~/.cache/fairclip/decoded
-    cfg.DATALOADER.DECODED_CACHE_SIDE = 256  # images are cached with the shorter side at most this (pixels)
-
-    cfg.TRAINER.WRITE_RESULTS = True  # write results.json after the final test
-    cfg.TRAINER.COMPILE = False  # torch.compile the CLIP image tower (first steps slower, later ones faster)
-    if "RUN" not in cfg:
-        cfg.RUN = CN()
-    cfg.RUN.CFG_NAME = ""  # config name recorded in results.json (scripts set it)
-    cfg.RUN.CONFIG_FILES = []  # every YAML merged into this run, in order (filled by setup_cfg)
-
-    trainers.add_trainer_configs(cfg)
-
-
-def _merge_file(cfg, path, what):
-    if not path:
-        return
-    if not osp.isfile(path):
-        raise UserError("{} '{}' does not exist; check the path".format(what, path))
-    try:
-        cfg.merge_from_file(path)
-    except (KeyError, AssertionError, ValueError) as exc:
-        raise UserError("{} '{}': {}".format(what, path, _yacs_message(exc))) from exc
-
-
-def _yacs_message(exc):
-    msg = str(exc.args[0]) if exc.args else str(exc)
-    if "Non-existent" in msg:  # yacs: "Non-existent config key: X" (files) / "Non-existent key: X" (lists)
-        key = msg.split(":", 1)[1].strip()
-        return "unknown config key '{}' (check the spelling; keys are listed in the config dump of any run log)".format(key)
-    return msg
-
-
 def setup_cfg(args):
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
-    merged = []
+    cfg = get_cfg()
     for path, what in [(args.dataset_config_file, "dataset config file"), (args.config_file, "method config file")] + [
             (p, "extra config file") for p in (args.extra_config_file or [])]:
-        if path:
-            _merge_file(cfg, path, what)
-            merged.append(path)
+        merge_config_file(cfg, path, what)  # a method config also brings its per-dataset override
     reset_cfg(cfg, args)
     flags = [o for o in args.opts[::2] if o.startswith("--")]
     if flags:
@@ -160,7 +104,7 @@ def setup_cfg(args):
     try:
         cfg.merge_from_list(args.opts)
     except (KeyError, AssertionError, ValueError) as exc:
-        raise UserError("command-line override: {}".format(_yacs_message(exc))) from exc
+        raise UserError("command-line override: {}".format(yacs_message(exc))) from exc
     # Checked here, before the output folder or log exists: the registries themselves raise a traceback.
     trainers_known = sorted(TRAINER_REGISTRY.registered_names())
     if cfg.TRAINER.NAME not in trainers_known:
@@ -171,7 +115,6 @@ def setup_cfg(args):
                         "configs/datasets/<key>.yaml (keys: {})".format(cfg.DATASET.NAME, ", ".join(datasets.DATASET_KEYS)))
     if not cfg.RUN.CFG_NAME and args.config_file:
         cfg.RUN.CFG_NAME = osp.splitext(osp.basename(args.config_file))[0]
-    cfg.RUN.CONFIG_FILES = merged
     cfg.freeze()
     return cfg
 

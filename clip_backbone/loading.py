@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from toolbox.errors import UserError
+from fairclip.toolbox.errors import UserError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # openai-clip imports pkg_resources, which warns on import

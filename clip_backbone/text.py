@@ -10,7 +10,7 @@ import os.path as osp
 import torch
 import torch.nn.functional as F
 
-from toolbox.io import atomic_torch_save
+from fairclip.toolbox.io import atomic_torch_save
 
 from .loading import default_cache_dir, clip
 

@@ -7,7 +7,7 @@ reader class in ``toolbox.DATASET_REGISTRY`` (as CoOp's train.py does by importi
 import importlib
 import pkgutil
 
-from toolbox.errors import UserError
+from fairclip.toolbox.errors import UserError
 
 DATASET_KEYS = {
     "oxford_pets": "OxfordPets",

@@ -8,8 +8,8 @@ downloads succeeded; images absent from ``download/images`` are then left out (a
 """
 import os.path as osp
 
-from toolbox import DATASET_REGISTRY
-from toolbox.errors import UserError
+from fairclip.toolbox import DATASET_REGISTRY
+from fairclip.toolbox.errors import UserError
 
 from .common import SplitJsonDataset, require_file, split_trainval
 

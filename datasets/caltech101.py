@@ -1,6 +1,6 @@
 """Caltech-101 (100 object classes): ``caltech-101/101_ObjectCategories/<class>/``; the background
 class and the duplicate ``Faces_easy`` are left out, four names are made singular (as in CoOp)."""
-from toolbox import DATASET_REGISTRY
+from fairclip.toolbox import DATASET_REGISTRY
 
 from .dtd import DescribableTextures
 

@@ -23,9 +23,9 @@ from contextlib import contextmanager
 import torch
 from PIL import Image
 
-from toolbox import DatasetBase, DatasetWrapper, Datum, listdir_nohidden
-from toolbox.errors import UserError
-from toolbox.io import atomic_write_json
+from fairclip.toolbox import DatasetBase, DatasetWrapper, Datum, listdir_nohidden
+from fairclip.toolbox.errors import UserError
+from fairclip.toolbox.io import atomic_write_json
 
 SPLIT_SEED = 1  # seed of every split we build (fallbacks and our CUB200/RESISC45/Birdsnap splits)
 FEWSHOT_DIRNAME = "split_fewshot_json"  # not CoOp's "split_fewshot": the two caches never collide

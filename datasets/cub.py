@@ -7,8 +7,8 @@ images are the test split, and a seeded 20% of each class's official training im
 import os.path as osp
 import re
 
-from toolbox import DATASET_REGISTRY
-from toolbox.errors import UserError
+from fairclip.toolbox import DATASET_REGISTRY
+from fairclip.toolbox.errors import UserError
 
 from .common import SplitJsonDataset, read_lines, split_trainval
 

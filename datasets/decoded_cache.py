@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from toolbox.errors import UserError
-from toolbox.io import atomic_file, atomic_write_json
+from fairclip.toolbox.errors import UserError
+from fairclip.toolbox.io import atomic_file, atomic_write_json
 
 from .common import UNREADABLE_ERRORS
 

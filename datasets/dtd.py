@@ -1,5 +1,5 @@
 """Describable Textures (47 textures): ``dtd/images/<texture>/``."""
-from toolbox import DATASET_REGISTRY
+from fairclip.toolbox import DATASET_REGISTRY
 
 from .common import SplitJsonDataset, folder_entries, split_per_class
 

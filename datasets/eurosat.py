@@ -1,5 +1,5 @@
 """EuroSAT RGB (10 land-use classes): ``eurosat/2750/<class>/``; folder names get CoOp's readable names."""
-from toolbox import DATASET_REGISTRY
+from fairclip.toolbox import DATASET_REGISTRY
 
 from .dtd import DescribableTextures
 

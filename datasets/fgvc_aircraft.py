@@ -3,8 +3,8 @@ the split (no JSON file, as in CoOp)."""
 import os.path as osp
 from collections import OrderedDict
 
-from toolbox import DATASET_REGISTRY
-from toolbox.errors import UserError
+from fairclip.toolbox import DATASET_REGISTRY
+from fairclip.toolbox.errors import UserError
 
 from .common import SPLIT_NAMES, SplitJsonDataset, check_labels, check_nonempty, make_items, read_lines, require_dir
 

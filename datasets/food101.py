@@ -1,5 +1,5 @@
 """Food-101: ``food-101/images/<dish>/`` (meta/ is not used, as in CoOp)."""
-from toolbox import DATASET_REGISTRY
+from fairclip.toolbox import DATASET_REGISTRY
 
 from .dtd import DescribableTextures
 

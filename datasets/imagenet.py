@@ -4,8 +4,8 @@ test set (and the val split, as in CoOp). The file list is cached as JSON with r
 import os.path as osp
 from collections import OrderedDict
 
-from toolbox import DATASET_REGISTRY, DatasetBase, listdir_nohidden
-from toolbox.errors import UserError
+from fairclip.toolbox import DATASET_REGISTRY, DatasetBase, listdir_nohidden
+from fairclip.toolbox.errors import UserError
 
 from .common import (
     apply_fewshot, check_labels, check_nonempty, check_subsample, class_folders, dataset_root, make_items,

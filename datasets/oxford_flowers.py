@@ -4,8 +4,8 @@ import os.path as osp
 
 from scipy.io import loadmat
 
-from toolbox import DATASET_REGISTRY
-from toolbox.errors import UserError
+from fairclip.toolbox import DATASET_REGISTRY
+from fairclip.toolbox.errors import UserError
 
 from .common import SplitJsonDataset, require_file, split_per_class
 

@@ -1,8 +1,8 @@
 """Oxford-IIIT Pets (37 breeds): ``oxford_pets/{images/, annotations/{trainval,test}.txt}``."""
 import os.path as osp
 
-from toolbox import DATASET_REGISTRY
-from toolbox.errors import UserError
+from fairclip.toolbox import DATASET_REGISTRY
+from fairclip.toolbox.errors import UserError
 
 from .common import SplitJsonDataset, read_lines, split_trainval
 

@@ -2,7 +2,7 @@
 
 CoOp has no split for RESISC45; ours (``split_zhou_RESISC45.json``, built on first use) takes a
 seeded 50/20/30 train/val/test split of each class folder (350/140/210 of the 700 images)."""
-from toolbox import DATASET_REGISTRY
+from fairclip.toolbox import DATASET_REGISTRY
 
 from .dtd import DescribableTextures
 

@@ -1,7 +1,7 @@
 """The synthetic fine-grained world (``tools/make_synthetic.py``): DescribableTextures layout
 ``synthetic_fg/images/<class>/`` with a required ``split_zhou_SyntheticFG.json``."""
-from toolbox import DATASET_REGISTRY
-from toolbox.errors import UserError
+from fairclip.toolbox import DATASET_REGISTRY
+from fairclip.toolbox.errors import UserError
 
 from .dtd import DescribableTextures
 

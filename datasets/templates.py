@@ -8,7 +8,7 @@ Birdsnap template (another bird dataset). ``synthetic`` is our demo world.
 import json
 import os.path as osp
 
-from toolbox.errors import UserError
+from fairclip.toolbox.errors import UserError
 
 TEMPLATES_KEY = "DATASET.TEMPLATES"
 SINGLE_TEMPLATE = "a photo of a {}."

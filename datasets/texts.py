@@ -11,13 +11,13 @@ import os
 import os.path as osp
 import re
 
-from toolbox.errors import UserError
+from fairclip.toolbox.errors import UserError
 
 HERE = osp.dirname(osp.abspath(__file__))
 CLASSNAMES_DIR = osp.join(HERE, "classnames")
 DESCRIPTIONS_DIR = osp.join(HERE, "descriptions")
 
-# The config key that points at a description file (train.py:extend_cfg); named in error messages.
+# The config key that points at a description file (fairclip.config.extend_cfg); named in error messages.
 DESCRIPTIONS_KEY = "DATASET.DESCRIPTIONS"
 
 

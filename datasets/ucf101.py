@@ -2,8 +2,8 @@
 import os.path as osp
 import re
 
-from toolbox import DATASET_REGISTRY
-from toolbox.errors import UserError
+from fairclip.toolbox import DATASET_REGISTRY
+from fairclip.toolbox.errors import UserError
 
 from .common import SplitJsonDataset, read_lines, split_trainval
 

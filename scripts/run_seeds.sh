@@ -9,7 +9,7 @@
 #        CFG (method config under configs/trainers/TRAINER/, default vit_b32), PYTHON (default python)
 #
 # Output: $OUTPUT/$DATASET/$TRAINER/$CFG/seed$SEED/ (log.txt, config, checkpoints, results.json).
-# configs/trainers/TRAINER/per_dataset/DATASET.yaml, when present, is merged after the method config.
+# configs/trainers/TRAINER/per_dataset/DATASET.yaml, when present, is merged after the method config (by train.py).
 # A seed whose results.json exists is skipped; an unfinished one resumes from its last checkpoint.
 set -euo pipefail
 
@@ -45,13 +45,10 @@ if [ "$DATASET" = "synthetic" ] && ! printf '%s\n' "$@" | grep -qx "MODEL.BACKBO
   set -- "$@" MODEL.BACKBONE.PATH "$TINY_CLIP"
 fi
 
-# A per-dataset override of the method config, when the method ships one, is merged after it.
-EXTRA_ARGS=()
+# train.py merges the method's per-dataset override (configs/trainers/TRAINER/per_dataset/DATASET.yaml)
+# after the method config by itself; say so here too.
 OVERRIDE="$REPO/configs/trainers/$TRAINER/per_dataset/$DATASET.yaml"
-if [ -f "$OVERRIDE" ]; then
-  EXTRA_ARGS=(--extra-config-file "$OVERRIDE")
-  echo "[$TRAINER $DATASET] per-dataset override: $OVERRIDE"
-fi
+if [ -f "$OVERRIDE" ]; then echo "[$TRAINER $DATASET] per-dataset override: $OVERRIDE"; fi
 
 case "$MODE" in
   train) MODE_ARGS=() ;;
@@ -76,7 +73,6 @@ for SEED in $SEEDS; do
     --trainer "$TRAINER" \
     --dataset-config-file "$DATASET_CFG" \
     --config-file "$METHOD_CFG" \
-    "${EXTRA_ARGS[@]}" \
     --output-dir "$DIR" \
     "${MODE_ARGS[@]}" \
     RUN.CFG_NAME "$CFG" \

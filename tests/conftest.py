@@ -24,7 +24,7 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     """Path of a tiny random CLIP saved as a state dict (input resolution 224, patch 32)."""
-    from tools.make_tiny_clip import save_tiny_clip
+    from fairclip.tools.make_tiny_clip import save_tiny_clip
 
     return save_tiny_clip(str(tmp_path_factory.mktemp("clip") / "tiny_clip.pt"), "state_dict")
 
@@ -32,7 +32,7 @@ def tiny_clip(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_clip_jit(tmp_path_factory):
     """The same tiny CLIP saved as a TorchScript archive (OpenAI's published format)."""
-    from tools.make_tiny_clip import save_tiny_clip
+    from fairclip.tools.make_tiny_clip import save_tiny_clip
 
     return save_tiny_clip(str(tmp_path_factory.mktemp("clip") / "tiny_clip_jit.pt"), "jit")
 
@@ -51,10 +51,10 @@ def train_py(*args, env=None):
 
 def make_dataset_cfg(root, key, *opts):
     """The default config extended with our keys, for dataset ``key`` under ``root``, plus ``opts``."""
-    from toolbox import get_cfg_default
+    from fairclip.toolbox import get_cfg_default
 
-    from datasets import DATASET_KEYS
-    from train import extend_cfg
+    from fairclip.datasets import DATASET_KEYS
+    from fairclip.config import extend_cfg
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
@@ -66,9 +66,9 @@ def make_dataset_cfg(root, key, *opts):
 
 def build_dataset(root, key, *opts):
     """The registered reader of dataset ``key`` built on ``make_dataset_cfg(root, key, *opts)``."""
-    from toolbox import DATASET_REGISTRY
+    from fairclip.toolbox import DATASET_REGISTRY
 
-    from datasets import DATASET_KEYS
+    from fairclip.datasets import DATASET_KEYS
 
     return DATASET_REGISTRY.get(DATASET_KEYS[key])(make_dataset_cfg(root, key, *opts))
 
@@ -89,7 +89,7 @@ def trainer_cfg(trainer, dataset, root, out, *opts, seed=1, method=None, extra_c
 
 def build_seeded(cfg):
     """The trainer of ``cfg``, built after seeding as train.py does."""
-    from toolbox import build_trainer, set_random_seed
+    from fairclip.toolbox import build_trainer, set_random_seed
 
     set_random_seed(cfg.SEED)
     return build_trainer(cfg)
@@ -106,7 +106,7 @@ def small_fair_cfg(root, clip_path, out, *opts):
 @pytest.fixture(scope="module")
 def mini_pets(tmp_path_factory):
     """A miniature Oxford Pets tree (3 classes x 6 images, 40 px), one per test module."""
-    from tools.make_miniature_data import make_oxford_pets
+    from fairclip.tools.make_miniature_data import make_oxford_pets
 
     root = tmp_path_factory.mktemp("data")
     make_oxford_pets(str(root), classes=3, per_class=6, size=40)
@@ -116,7 +116,7 @@ def mini_pets(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mini_dtd(tmp_path_factory):
     """A miniature DTD tree (3 classes x 6 images, 40 px), one per test module."""
-    from tools.make_miniature_data import make_dtd
+    from fairclip.tools.make_miniature_data import make_dtd
 
     root = tmp_path_factory.mktemp("data")
     make_dtd(str(root), classes=3, per_class=6, size=40)

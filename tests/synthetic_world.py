@@ -45,7 +45,7 @@ def build_synthetic_world(cache_dir=None, generate_args=None, pretrain_args=None
     ``generate_args`` / ``pretrain_args`` override keyword arguments of ``tools.make_synthetic.generate``
     and ``tools.pretrain_tiny_clip.pretrain`` (defaults: the tools' own defaults, 80-95 s on 2 cores).
     """
-    from tools import make_synthetic, pretrain_tiny_clip
+    from fairclip.tools import make_synthetic, pretrain_tiny_clip
 
     generate_args = dict(make_synthetic.DEFAULTS, **(generate_args or {}))
     pretrain_args = dict(pretrain_tiny_clip.DEFAULTS, **(pretrain_args or {}))

@@ -10,16 +10,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tests.conftest import build_seeded, trainer_cfg
-from trainers._alignment import description_weights
-from trainers.dpa import (
+from fairclip.trainers._alignment import description_weights
+from fairclip.trainers.dpa import (
     agreement_weights, alignment_loss, class_mean_prototypes, distribution_alignment, dpa_pseudo_labels,
     history_mean, push_history_,
 )
-from trainers.must import (
+from fairclip.trainers.must import (
     confident_pseudo_labels, ema_decay, ema_update_, masked_cross_entropy, param_groups, visual_layer_id,
 )
-from trainers.upl import PromptLearner, encode_prompt_embeddings, ensemble_loss, select_top_k_per_class
-from trainers.wca import SeededLocalCrops, softmax_description_weights, wca_scores
+from fairclip.trainers.upl import PromptLearner, encode_prompt_embeddings, ensemble_loss, select_top_k_per_class
+from fairclip.trainers.wca import SeededLocalCrops, softmax_description_weights, wca_scores
 
 
 def _unit(*shape, seed=0):
@@ -28,8 +28,8 @@ def _unit(*shape, seed=0):
 
 
 def _cfg(size=32):
-    from toolbox import get_cfg_default
-    from train import extend_cfg
+    from fairclip.toolbox import get_cfg_default
+    from fairclip.config import extend_cfg
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
@@ -106,8 +106,8 @@ def test_upl_ensemble_loss_sums_the_members():
 
 def test_upl_prompt_learner_reproduces_the_text_tower(tiny_clip):
     """Context initialised from "a photo of a": member 0 is exactly CLIP's encoding of the written prompt."""
-    from clip_backbone import load_clip
-    from clip_backbone.loading import clip
+    from fairclip.clip_backbone import load_clip
+    from fairclip.clip_backbone.loading import clip
 
     model, _ = load_clip(path=tiny_clip)
     names = ["banded", "blotchy_thing"]
@@ -275,7 +275,7 @@ def test_must_teacher_follows_the_student_and_is_checkpointed(mini_dtd, tiny_cli
 
 
 def test_upl_pseudo_labels_are_zero_shot_predictions_not_train_labels(mini_dtd, tiny_clip, tmp_path):
-    from toolbox import Datum
+    from fairclip.toolbox import Datum
 
     trainer = _trainer("UPL", mini_dtd, tiny_clip, str(tmp_path / "run"), "TRAINER.UPL.TOPK", "2")
     probs, items = trainer.zero_shot_train_probs()
@@ -309,7 +309,7 @@ def test_upl_prompt_checkpoint_round_trip(mini_dtd, tiny_clip, tmp_path):
     ("DPA", "TRAINER.DPA.ALPHA", "1.5", "TRAINER.DPA.ALPHA=1.5 must be in [0, 1]"),
 ])
 def test_bad_baseline_key_values_fail_clearly(trainer, key, value, message, mini_dtd, tiny_clip, tmp_path):
-    from toolbox.errors import UserError
+    from fairclip.toolbox.errors import UserError
 
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
         _trainer(trainer, mini_dtd, tiny_clip, str(tmp_path / "run"), key, value)

@@ -28,7 +28,7 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def mini_dtd(tmp_path_factory):
-    from tools.make_miniature_data import make_dtd
+    from fairclip.tools.make_miniature_data import make_dtd
 
     root = tmp_path_factory.mktemp("data")
     info = make_dtd(str(root), classes=3, per_class=6, size=40)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tests.conftest import REPO, run_cli, train_py
-from toolbox.errors import UserError
+from fairclip.toolbox.errors import UserError
 
 
 def test_both_file_formats_load_to_the_same_model(tiny_clip, tiny_clip_jit):
-    from clip_backbone import load_clip
+    from fairclip.clip_backbone import load_clip
 
     a, info_a = load_clip(path=tiny_clip)
     b, info_b = load_clip(path=tiny_clip_jit)
@@ -21,7 +21,7 @@ def test_both_file_formats_load_to_the_same_model(tiny_clip, tiny_clip_jit):
 
 
 def test_missing_or_bad_weights_give_one_clear_line(tmp_path):
-    from clip_backbone import load_clip
+    from fairclip.clip_backbone import load_clip
 
     with pytest.raises(UserError, match="MODEL.BACKBONE.PATH=.*does not exist"):
         load_clip(path=str(tmp_path / "nope.pt"))
@@ -38,7 +38,7 @@ def test_missing_or_bad_weights_give_one_clear_line(tmp_path):
 
 def test_named_model_offline_says_where_to_put_the_weights(tmp_path):
     """The test environment routes HTTP(S) to a dead local proxy: the download fails without network."""
-    from clip_backbone import load_clip
+    from fairclip.clip_backbone import load_clip
 
     with pytest.raises(UserError) as err:
         load_clip(name="ViT-B/32", download_root=str(tmp_path))
@@ -48,7 +48,7 @@ def test_named_model_offline_says_where_to_put_the_weights(tmp_path):
 
 
 def test_text_features_are_cached_per_model_and_texts(tiny_clip, tmp_path):
-    from clip_backbone import encode_texts, load_clip
+    from fairclip.clip_backbone import encode_texts, load_clip
 
     model, info = load_clip(path=tiny_clip)
     texts = ["a photo of a cat.", "a photo of a dog."]

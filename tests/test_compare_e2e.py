@@ -37,7 +37,7 @@ def _env(data, out, **extra):
 
 @pytest.fixture(scope="module")
 def mini_data(tmp_path_factory):
-    from tools.make_miniature_data import make_dtd, make_eurosat
+    from fairclip.tools.make_miniature_data import make_dtd, make_eurosat
 
     root = tmp_path_factory.mktemp("compare-data")
     make_dtd(str(root), classes=2, per_class=4, size=32)

@@ -7,15 +7,15 @@ import random
 
 import pytest
 
-from toolbox import DATASET_REGISTRY
-from toolbox.errors import UserError
+from fairclip.toolbox import DATASET_REGISTRY
+from fairclip.toolbox.errors import UserError
 
-import datasets
-from datasets import DATASET_KEYS, key_for
-from datasets.common import FEWSHOT_DIRNAME, save_split, split_per_class
-from datasets.texts import classnames_path, read_classnames_file
+from fairclip import datasets
+from fairclip.datasets import DATASET_KEYS, key_for
+from fairclip.datasets.common import FEWSHOT_DIRNAME, save_split, split_per_class
+from fairclip.datasets.texts import classnames_path, read_classnames_file
 from tests.conftest import build_dataset, make_dataset_cfg
-from tools.make_miniature_data import BUILDERS, make_all, partition
+from fairclip.tools.make_miniature_data import BUILDERS, make_all, partition
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ALL_KEYS = list(BUILDERS)
@@ -151,11 +151,11 @@ def test_split_per_class_ignores_the_global_rng():
 
 # --------------------------------------------------------------------------- class-name cleanups
 def test_class_name_cleanups():
-    from datasets.cub import folder_to_classname
-    from datasets.oxford_pets import breed_from_image_name
-    from datasets.stanford_cars import year_first
-    from datasets.sun397 import scene_to_classname
-    from datasets.ucf101 import action_to_classname
+    from fairclip.datasets.cub import folder_to_classname
+    from fairclip.datasets.oxford_pets import breed_from_image_name
+    from fairclip.datasets.stanford_cars import year_first
+    from fairclip.datasets.sun397 import scene_to_classname
+    from fairclip.datasets.ucf101 import action_to_classname
 
     assert breed_from_image_name("American_Pit_Bull_Terrier_12") == "american_pit_bull_terrier"
     assert year_first("AM General Hummer SUV 2000") == "2000 AM General Hummer SUV"
@@ -167,9 +167,9 @@ def test_class_name_cleanups():
 @pytest.mark.parametrize("key", ["ucf101", "sun397", "stanford_cars"])
 def test_full_class_lists_survive_the_miniature_inverse_mapping(key):
     """Every shipped class name can be laid out on disk and read back unchanged."""
-    from datasets.stanford_cars import year_first
-    from datasets.sun397 import scene_to_classname
-    from datasets.ucf101 import action_to_classname
+    from fairclip.datasets.stanford_cars import year_first
+    from fairclip.datasets.sun397 import scene_to_classname
+    from fairclip.datasets.ucf101 import action_to_classname
 
     assert osp.isfile(classnames_path(key)), "no class-name list for " + key
     for name in read_classnames_file(classnames_path(key)):
@@ -199,7 +199,7 @@ def test_dataset_configs_match_the_registry():
 
 
 def test_templates(tmp_path):
-    from datasets.templates import SINGLE_TEMPLATE, TEMPLATES, get_templates
+    from fairclip.datasets.templates import SINGLE_TEMPLATE, TEMPLATES, get_templates
 
     for key in DATASET_KEYS:
         templates = get_templates("ensemble", key)
@@ -219,7 +219,7 @@ def test_templates(tmp_path):
 
 
 def test_description_file_missing_classes_is_listed(mini, tmp_path):
-    from datasets.texts import load_descriptions
+    from fairclip.datasets.texts import load_descriptions
 
     root, infos = mini
     cfg = make_dataset_cfg(root, "dtd")

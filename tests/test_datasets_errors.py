@@ -8,12 +8,12 @@ import os.path as osp
 import pytest
 import torch
 
-from toolbox import DATASET_REGISTRY
-from toolbox.errors import UserError
+from fairclip.toolbox import DATASET_REGISTRY
+from fairclip.toolbox.errors import UserError
 
-from datasets.common import SkipUnreadableWrapper, TooManyUnreadableImages
+from fairclip.datasets.common import SkipUnreadableWrapper, TooManyUnreadableImages
 from tests.conftest import build_dataset, make_dataset_cfg
-from tools.make_miniature_data import BUILDERS
+from fairclip.tools.make_miniature_data import BUILDERS
 
 
 def one_line(exc_info):
@@ -148,7 +148,7 @@ def test_unreadable_limit_applies_through_dataloader_workers(corrupt_dtd):
 
 # --------------------------------------------------------------------------- tools
 def test_verify_tool_table_and_exit_codes(tmp_path, capsys):
-    from tools.verify_datasets import main
+    from fairclip.tools.verify_datasets import main
 
     BUILDERS["dtd"](tmp_path)
     cub = BUILDERS["cub"](tmp_path)
@@ -170,7 +170,7 @@ def test_verify_tool_table_and_exit_codes(tmp_path, capsys):
 
 
 def test_verify_tool_decodes_images(corrupt_dtd, capsys):
-    from tools.verify_datasets import main
+    from fairclip.tools.verify_datasets import main
 
     root, bad = corrupt_dtd
     assert main(["--root", str(root), "--datasets", "dtd", "--ignore-sizes"]) == 0
@@ -181,7 +181,7 @@ def test_verify_tool_decodes_images(corrupt_dtd, capsys):
 
 def test_fetch_splits_offline_paths(tmp_path, capsys):
     """No network: listing, keeping present files and argument errors."""
-    from tools.fetch_splits import main
+    from fairclip.tools.fetch_splits import main
 
     assert main(["--list"]) == 0
     assert "split_zhou_OxfordPets.json" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, run_cli
-from tools.make_miniature_data import BENCHMARKS, make_all
+from fairclip.tools.make_miniature_data import BENCHMARKS, make_all
 
 pytestmark = pytest.mark.skipif(not osp.isfile(osp.join(REPO, "trainers", "zsclip.py")), reason="no ZeroshotCLIP")
 

@@ -51,7 +51,7 @@ def _fixed_batch(n):
 
 def _one_step(cfg, rows):
     """Build FAIR, one training step on ``rows`` of the fixed batch, then evaluate."""
-    from toolbox import build_trainer, set_random_seed
+    from fairclip.toolbox import build_trainer, set_random_seed
 
     set_random_seed(cfg.SEED)
     trainer = build_trainer(cfg)
@@ -70,7 +70,7 @@ def _one_step(cfg, rows):
 def _worker(rank, world, port, root, clip_path, out, result_dir, opts, trainer):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
-    from trainers import _distributed
+    from fairclip.trainers import _distributed
 
     _distributed.init_from_env(use_cuda=CUDA)
     try:

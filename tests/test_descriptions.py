@@ -4,9 +4,9 @@ import os.path as osp
 
 import pytest
 
-from datasets import texts
-from toolbox.errors import UserError
-from tools import check_descriptions as cd
+from fairclip.datasets import texts
+from fairclip.toolbox.errors import UserError
+from fairclip.tools import check_descriptions as cd
 
 # ImageNet is not here: its class names come from the user's imagenet/classnames.txt (as in CoOp) and we
 # ship no descriptions for it (the "if time allows"); any CuPL-format file can be given instead.

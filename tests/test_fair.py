@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tests.conftest import REPO, build_seeded, run_cli, small_fair_cfg, train_py
-from toolbox.errors import UserError
-from trainers._alignment import mean_description_embedding, select_top_crops
-from trainers._views import LocalCrops, sample_square_crop
-from trainers.fair import (
+from fairclip.toolbox.errors import UserError
+from fairclip.trainers._alignment import mean_description_embedding, select_top_crops
+from fairclip.trainers._views import LocalCrops, sample_square_crop
+from fairclip.trainers.fair import (
     ambiguity_weights, fixed_score, fuse_scores, learned_alignment_score,
 )
 
@@ -38,8 +38,8 @@ def test_square_crops_have_the_configured_side_and_stay_inside():
 
 
 def test_local_crops_transform_shape():
-    from train import extend_cfg
-    from toolbox import get_cfg_default
+    from fairclip.config import extend_cfg
+    from fairclip.toolbox import get_cfg_default
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
@@ -99,7 +99,7 @@ def test_margin_weight_ranks_confident_above_ambiguous():
 # ---------------------------------------------------------------------------- trainer
 @pytest.fixture(scope="module")
 def mini_cars(tmp_path_factory):
-    from tools.make_miniature_data import make_stanford_cars
+    from fairclip.tools.make_miniature_data import make_stanford_cars
 
     root = tmp_path_factory.mktemp("data")
     make_stanford_cars(str(root), classes=3, per_class=6, size=40)

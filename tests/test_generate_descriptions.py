@@ -6,10 +6,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from datasets import texts
-from toolbox.errors import UserError
-from tools import check_descriptions as cd
-from tools import generate_descriptions as gd
+from fairclip.datasets import texts
+from fairclip.toolbox.errors import UserError
+from fairclip.tools import check_descriptions as cd
+from fairclip.tools import generate_descriptions as gd
 
 CLASSES = ["ant", "crocodile", "crocodile_head", "sea_horse", "crème_brûlée"]
 

@@ -16,11 +16,11 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from scipy.stats import ks_2samp
 
-from datasets.decoded_cache import CachedImages, collate_canvas, decode_resized, open_decoded_cache
+from fairclip.datasets.decoded_cache import CachedImages, collate_canvas, decode_resized, open_decoded_cache
 from tests.conftest import build_seeded, small_fair_cfg
-from toolbox.errors import UserError
-from trainers._gpu_views import RA_OPS, GpuViews, center_view, local_crops, strong_view, weak_view
-from trainers._views import LocalCrops, strong_transform, weak_transform
+from fairclip.toolbox.errors import UserError
+from fairclip.trainers._gpu_views import RA_OPS, GpuViews, center_view, local_crops, strong_view, weak_view
+from fairclip.trainers._views import LocalCrops, strong_transform, weak_transform
 
 S = 48
 MEAN, STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
@@ -29,8 +29,8 @@ N = 400  # samples per path in the distribution tests
 
 @pytest.fixture(scope="module")
 def cfg():
-    from toolbox import get_cfg_default
-    from train import extend_cfg
+    from fairclip.toolbox import get_cfg_default
+    from fairclip.config import extend_cfg
 
     c = get_cfg_default()
     extend_cfg(c)
@@ -97,7 +97,7 @@ def assert_same_distribution(a, b, what, p_min=1e-3):
 # ---------------------------------------------------------------------------- deterministic parts
 @pytest.mark.parametrize("size", [(120, 90), (70, 130)])
 def test_center_view_matches_clip_preprocessing(cfg, size):
-    from toolbox import build_transform
+    from fairclip.toolbox import build_transform
 
     img = natural_image(*size)
     ref = build_transform(cfg, is_train=False)(Image.fromarray(img))
@@ -108,7 +108,7 @@ def test_center_view_matches_clip_preprocessing(cfg, size):
 
 def test_center_view_from_the_test_cache_matches_clip_preprocessing(cfg, tmp_path):
     """Test splits are cached at the input size and batched as central squares (the trainer's layout)."""
-    from toolbox import build_transform
+    from fairclip.toolbox import build_transform
 
     for i, size in enumerate([(200, 150), (90, 160)]):
         path = str(tmp_path / "img{}.png".format(i))
@@ -125,7 +125,7 @@ def test_center_view_from_the_test_cache_matches_clip_preprocessing(cfg, tmp_pat
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
 def test_banded_resampling_weights_equal_the_dense_definition(interpolation):
     """Each source pixel p gets kernel((p + 0.5 - centre) / max(scale, 1)) inside the allowed range, rows sum to 1."""
-    from trainers._gpu_views import _FILTERS, axis_weights
+    from fairclip.trainers._gpu_views import _FILTERS, axis_weights
 
     g = torch.Generator().manual_seed(0)
     b, v, in_size, out = 6, 4, 300, 48
@@ -266,7 +266,7 @@ def test_disk_cache_is_built_once_reused_and_equals_memory(tmp_path, capsys):
 
 
 def test_unreadable_images_are_replaced_counted_and_limited(tmp_path):
-    from toolbox import Datum
+    from fairclip.toolbox import Datum
 
     paths = _write_images(str(tmp_path), [(50, 40)] * 4)
     with open(paths[1], "wb") as f:
@@ -317,8 +317,8 @@ def test_pinned_center_loader_gives_the_worker_path_batches():
     import functools
     import types
 
-    from datasets.decoded_cache import DecodedCache
-    from trainers._pinned_loader import PinnedCenterLoader
+    from fairclip.datasets.decoded_cache import DecodedCache
+    from fairclip.trainers._pinned_loader import PinnedCenterLoader
 
     shapes = [(24, 32), (32, 24), (24, 24), (12, 20), (24, 30)] * 5  # (12, 20): smaller than the side
     arrays = [natural_image(w, h, seed=i) for i, (h, w) in enumerate(shapes)]

@@ -20,8 +20,8 @@ import torch
 
 from tests.conftest import REPO, build_seeded, trainer_cfg
 from tests.synthetic_world import build_synthetic_world
-from toolbox import TRAINER_REGISTRY
-from trainers.fair import FAIR
+from fairclip.toolbox import TRAINER_REGISTRY
+from fairclip.trainers.fair import FAIR
 
 NUM_CLASSES = 27
 CHANCE = 100.0 / NUM_CLASSES

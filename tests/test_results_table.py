@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from tests.conftest import run_cli
-from toolbox.errors import UserError
-from tools import plots
-from tools.results_table import build_table, find_results, load_run, main, to_csv, to_markdown
+from fairclip.toolbox.errors import UserError
+from fairclip.tools import plots
+from fairclip.tools.results_table import build_table, find_results, load_run, main, to_csv, to_markdown
 
 CLASSES = {"dtd": ["banded", "blotchy", "braided"], "eurosat": ["Annual Crop Land", "Forest", "Highway or Road"],
            "oxford_pets": ["abyssinian", "beagle", "bengal"]}

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from tests.conftest import run_cli
-from tools.run_jobs import available_methods, parse_slots, plan_jobs, resolve_method
-from toolbox.errors import UserError
+from fairclip.tools.run_jobs import available_methods, parse_slots, plan_jobs, resolve_method
+from fairclip.toolbox.errors import UserError
 
 
 def test_methods_come_from_the_scripts():
@@ -44,7 +44,7 @@ def test_plan_skips_finished_runs(tmp_path):
 
 @pytest.fixture(scope="module")
 def mini_root(tmp_path_factory):
-    from tools.make_miniature_data import make_dtd, make_oxford_pets
+    from fairclip.tools.make_miniature_data import make_dtd, make_oxford_pets
 
     root = str(tmp_path_factory.mktemp("data"))
     make_oxford_pets(root, classes=3, per_class=4, size=32)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tests.synthetic_world import build_synthetic_world
-from toolbox.errors import UserError
-from tools import make_synthetic as ms
-from tools import pretrain_tiny_clip as pt
+from fairclip.toolbox.errors import UserError
+from fairclip.tools import make_synthetic as ms
+from fairclip.tools import pretrain_tiny_clip as pt
 
 SMALL = dict(per_class_train=2, per_class_val=1, per_class_test=2, per_class_source=2)
 TINY_PRETRAIN = dict(steps=3, batch_size=8, warmup=1, threads=1)

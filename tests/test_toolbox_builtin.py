@@ -24,8 +24,8 @@ def test_backend_switch_builtin_and_errors():
 
 
 def test_registry_rejects_duplicates_and_suggests_names():
-    from toolbox import Registry
-    from toolbox.builtin.utils import check_availability
+    from fairclip.toolbox import Registry
+    from fairclip.toolbox.builtin.utils import check_availability
 
     reg = Registry("X")
 
@@ -41,7 +41,7 @@ def test_registry_rejects_duplicates_and_suggests_names():
 
 
 def _optim_cfg(**kw):
-    from toolbox import get_cfg_default
+    from fairclip.toolbox import get_cfg_default
 
     cfg = get_cfg_default()
     for k, v in kw.items():
@@ -51,7 +51,7 @@ def _optim_cfg(**kw):
 
 def test_warmup_cosine_trace_matches_dassl_coop_recipe():
     """CoOp: sgd 0.002, cosine, 1 constant warmup epoch at 1e-5, recount, 5 epochs (trace verified on Dassl)."""
-    from toolbox import build_lr_scheduler, build_optimizer
+    from fairclip.toolbox import build_lr_scheduler, build_optimizer
 
     ocfg = _optim_cfg(NAME="sgd", LR=0.002, LR_SCHEDULER="cosine", MAX_EPOCH=5, WARMUP_EPOCH=1,
                       WARMUP_TYPE="constant", WARMUP_CONS_LR=1e-5)
@@ -67,7 +67,7 @@ def test_warmup_cosine_trace_matches_dassl_coop_recipe():
 
 def test_warmup_scheduler_state_survives_safe_torch_load():
     """Dassl's warmup state pickles the successor object (fails under weights_only=True); ours does not."""
-    from toolbox import build_lr_scheduler, build_optimizer
+    from fairclip.toolbox import build_lr_scheduler, build_optimizer
 
     ocfg = _optim_cfg(NAME="adamw", LR=1e-3, LR_SCHEDULER="cosine", MAX_EPOCH=4, WARMUP_EPOCH=1,
                       WARMUP_TYPE="linear", WARMUP_MIN_LR=1e-6)
@@ -93,7 +93,7 @@ def test_warmup_scheduler_state_survives_safe_torch_load():
 
 
 def test_checkpoint_layout_pointer_and_atomic_write(tmp_path):
-    from toolbox import load_checkpoint, resume_from_checkpoint, save_checkpoint
+    from fairclip.toolbox import load_checkpoint, resume_from_checkpoint, save_checkpoint
 
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -111,7 +111,7 @@ def test_checkpoint_layout_pointer_and_atomic_write(tmp_path):
 
 
 def test_classification_evaluator_metrics(capsys):
-    from toolbox import build_evaluator, get_cfg_default
+    from fairclip.toolbox import build_evaluator, get_cfg_default
 
     cfg = get_cfg_default()
     cfg.TEST.PER_CLASS_RESULT = True
@@ -135,7 +135,7 @@ def test_test_transform_is_clip_preprocessing():
         warnings.simplefilter("ignore")
         from clip.clip import _transform
 
-    from toolbox import build_transform, get_cfg_default
+    from fairclip.toolbox import build_transform, get_cfg_default
 
     cfg = get_cfg_default()
     cfg.INPUT.INTERPOLATION = "bicubic"
@@ -151,7 +151,7 @@ def test_test_transform_is_clip_preprocessing():
 
 
 def test_unknown_config_key_is_rejected_by_yacs():
-    from toolbox import get_cfg_default
+    from fairclip.toolbox import get_cfg_default
 
     cfg = get_cfg_default()
     with pytest.raises(AssertionError, match="Non-existent key: OPTIM.LRR"):
@@ -161,8 +161,8 @@ def test_unknown_config_key_is_rejected_by_yacs():
 @pytest.mark.parametrize("warmup_type,recount", [("constant", True), ("linear", True), ("constant", False)])
 def test_trainer_epoch_schedule_matches_the_dassl_trace(warmup_type, recount):
     """trainers/_schedules.py (plain torch, used on both backends) reproduces Dassl's cosine+warmup."""
-    from toolbox import build_lr_scheduler, build_optimizer
-    from trainers._schedules import epoch_scheduler
+    from fairclip.toolbox import build_lr_scheduler, build_optimizer
+    from fairclip.trainers._schedules import epoch_scheduler
 
     ocfg = _optim_cfg(NAME="sgd", LR=0.002, LR_SCHEDULER="cosine", MAX_EPOCH=6, WARMUP_EPOCH=2,
                       WARMUP_TYPE=warmup_type, WARMUP_CONS_LR=1e-5, WARMUP_MIN_LR=1e-5, WARMUP_RECOUNT=recount)

@@ -7,6 +7,8 @@ Trainers, dataset readers and ``train.py`` import every Dassl name from here. Th
 * ``TOOLBOX=dassl`` demands the real package and fails with a clear message if it cannot be imported.
 
 ``BACKEND`` says which one is active ("dassl" or "builtin"); ``train.py`` prints it in the run log.
+``CFG_DEFAULT`` is the backend's default config node that ``get_cfg_default()`` clones (``fairclip.plugin``
+adds our keys to it).
 """
 import os
 
@@ -25,7 +27,7 @@ DASSL_IMPORT_ERROR = None
 
 if _choice != "builtin":
     try:
-        from dassl.config import get_cfg_default
+        from dassl.config import cfg_default as CFG_DEFAULT, get_cfg_default
         from dassl.data import DataManager
         from dassl.data.data_manager import DatasetWrapper, build_data_loader
         from dassl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum, build_dataset
@@ -53,7 +55,7 @@ if _choice != "builtin":
             ) from exc
 
 if BACKEND == "builtin":
-    from .builtin.config import get_cfg_default
+    from .builtin.config import _C as CFG_DEFAULT, get_cfg_default
     from .builtin.data_manager import DataManager, DatasetWrapper, build_data_loader
     from .builtin.datasets import DATASET_REGISTRY, DatasetBase, Datum, build_dataset
     from .builtin.engine import TRAINER_REGISTRY, SimpleTrainer, TrainerBase, TrainerX, build_trainer
@@ -70,7 +72,7 @@ if BACKEND == "builtin":
 
 __all__ = [
     "BACKEND", "DASSL_IMPORT_ERROR", "UserError",
-    "get_cfg_default",
+    "CFG_DEFAULT", "get_cfg_default",
     "TRAINER_REGISTRY", "TrainerBase", "SimpleTrainer", "TrainerX", "build_trainer",
     "DataManager", "DatasetWrapper", "build_data_loader", "build_sampler",
     "DATASET_REGISTRY", "DatasetBase", "Datum", "build_dataset",

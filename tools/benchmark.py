@@ -40,8 +40,8 @@ import torch
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from toolbox.errors import UserError, report_error  # noqa: E402
-from toolbox.io import atomic_write_json, atomic_write_text  # noqa: E402
+from fairclip.toolbox.errors import UserError, report_error  # noqa: E402
+from fairclip.toolbox.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 MODELS = ("tiny", "vit-b32")
 WORKLOADS = ("decode_once", "pil_views", "gpu_views", "zeroshot", "zeroshot_workers", "zeroshot_model", "must_step", "must_model",
@@ -73,7 +73,7 @@ def clip_file(model, folder, weights):
         return weights
     path = osp.join(folder, "{}_random.pt".format(model))
     if model == "tiny":
-        from tools.make_tiny_clip import save_tiny_clip
+        from fairclip.tools.make_tiny_clip import save_tiny_clip
 
         return save_tiny_clip(path, "state_dict")
     from clip.model import CLIP
@@ -87,7 +87,7 @@ def clip_file(model, folder, weights):
 
 def build(name, args, tree, weights, out):
     """A real trainer (``name``) on the miniature tree; its own loaders are replaced by the benchmark's."""
-    from toolbox import build_trainer, set_random_seed
+    from fairclip.toolbox import build_trainer, set_random_seed
     from train import build_parser, setup_cfg
 
     argv = ["--root", tree, "--trainer", name, "--seed", "1", "--output-dir", osp.join(out, name),
@@ -109,7 +109,7 @@ def build(name, args, tree, weights, out):
 def synthetic_cache(n_items, side, num_classes, distinct=256, seed=0):
     """``(items, DecodedCache)``: ``n_items`` uint8 images with the shorter side ``side`` and mixed
     aspect ratios (``distinct`` different arrays reused), labels cycling over the classes."""
-    from datasets.decoded_cache import DecodedCache
+    from fairclip.datasets.decoded_cache import DecodedCache
 
     rng = np.random.default_rng(seed)
     shapes = [(side, int(side * 4 / 3)), (int(side * 4 / 3), side), (side, int(side * 3 / 2)), (side, side)]
@@ -124,7 +124,7 @@ def synthetic_cache(n_items, side, num_classes, distinct=256, seed=0):
 def cached_loader(items, cache, batch, workers, device, train, center_square=False):
     """The trainers' loader over ``cache`` (``ClipTrainer.cached_loader``), with 4 batches prefetched per
     worker (the trainers use PyTorch's default, 2)."""
-    from datasets.decoded_cache import CachedImages, canvas_loader
+    from fairclip.datasets.decoded_cache import CachedImages, canvas_loader
 
     return canvas_loader(CachedImages(items, cache), batch, train, workers, pin_memory=device.type == "cuda",
                          center_square=center_square, prefetch_factor=4)
@@ -174,7 +174,7 @@ def repeat(x):
 def bench_decode(args, folder):
     from PIL import Image
 
-    from datasets.decoded_cache import open_decoded_cache
+    from fairclip.datasets.decoded_cache import open_decoded_cache
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:375, 0:500]
@@ -210,9 +210,9 @@ def bench_pil_views(args, trainer):
 
 
 def bench_zeroshot(args, trainer, device, workloads):
-    from datasets.decoded_cache import CachedImages
-    from trainers._gpu_views import DeviceViewLoader, GpuViews, center_view
-    from trainers._pinned_loader import PinnedCenterLoader, use_pinned_center_loader
+    from fairclip.datasets.decoded_cache import CachedImages
+    from fairclip.trainers._gpu_views import DeviceViewLoader, GpuViews, center_view
+    from fairclip.trainers._pinned_loader import PinnedCenterLoader, use_pinned_center_loader
 
     rows = {}
     side = max(trainer.cfg.INPUT.SIZE)  # test splits are cached at the input size, batched as central squares
@@ -263,7 +263,7 @@ def bench_zeroshot(args, trainer, device, workloads):
 
 def bench_steps(args, trainer, device, workloads, prefix, specs):
     """The step of ``trainer`` end to end, on fixed device views, and its encoder work alone."""
-    from trainers._gpu_views import DeviceViewLoader, GpuViews
+    from fairclip.trainers._gpu_views import DeviceViewLoader, GpuViews
 
     rows = {}
     n_items = max(64 * args.batch, 512)  # no loader epoch ends inside a timed run
@@ -326,7 +326,7 @@ def bench_model(model, args, device, tree, folder, workloads):
             if name == "ZeroshotCLIP":
                 rows.update(bench_zeroshot(args, trainer, device, workloads))
             elif name == "MUST":
-                from trainers._gpu_views import strong_view, weak_view
+                from fairclip.trainers._gpu_views import strong_view, weak_view
 
                 c = trainer.cfg.TRAINER.MUST
                 specs = [weak_view(), strong_view(c.STRONG_SCALE, c.RANDAUGMENT_M, c.RANDAUGMENT_N)]
@@ -461,7 +461,7 @@ def main(argv=None):
     try:
         with tempfile.TemporaryDirectory(prefix="fairclip-bench-") as folder:
             os.environ["FAIRCLIP_CACHE"] = osp.join(folder, "cache")
-            from tools.make_miniature_data import make_oxford_pets
+            from fairclip.tools.make_miniature_data import make_oxford_pets
 
             tree = osp.join(folder, "data")
             with contextlib.redirect_stdout(io.StringIO()):

@@ -19,8 +19,8 @@ import os.path as osp
 import re
 import sys
 
-from datasets import texts
-from toolbox.errors import UserError, report_error
+from fairclip.datasets import texts
+from fairclip.toolbox.errors import UserError, report_error
 
 CONTEXT_LENGTH = 77  # CLIP's text context, start and end tokens included
 MIN_SENTENCES = 10

@@ -14,7 +14,7 @@ import os.path as osp
 import sys
 import tempfile
 
-from toolbox.errors import UserError, report_error
+from fairclip.toolbox.errors import UserError, report_error
 
 # dataset key -> [(folder under DATA, file name, Google Drive file id)]; ids from CoOp's DATASETS.md.
 FILES = {

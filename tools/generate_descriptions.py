@@ -26,10 +26,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from datasets import texts
-from toolbox.errors import UserError, report_error
-from toolbox.io import atomic_write_text
-from tools import check_descriptions as check
+from fairclip.datasets import texts
+from fairclip.toolbox.errors import UserError, report_error
+from fairclip.toolbox.io import atomic_write_text
+from fairclip.tools import check_descriptions as check
 
 # dataset key -> (what the images show, sentence opener with {a} = article and {name} = display name)
 DOMAINS = {

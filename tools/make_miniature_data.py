@@ -19,7 +19,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from toolbox.errors import UserError, report_error
+from fairclip.toolbox.errors import UserError, report_error
 
 # Real class names (facts), used when datasets/classnames/<key>.txt does not exist (yet).
 FALLBACK_NAMES = {
@@ -89,7 +89,7 @@ class Tree:
 
 def class_names(key, n):
     """First ``n`` class names of ``datasets/classnames/<key>.txt`` (fallback: FALLBACK_NAMES)."""
-    from datasets.texts import classnames_path, read_classnames_file
+    from fairclip.datasets.texts import classnames_path, read_classnames_file
 
     path = classnames_path(key)
     names = read_classnames_file(path) if osp.isfile(path) else FALLBACK_NAMES[key]

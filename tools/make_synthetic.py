@@ -31,8 +31,8 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from toolbox.errors import UserError, report_error
-from toolbox.io import atomic_write_json, atomic_write_text
+from fairclip.toolbox.errors import UserError, report_error
+from fairclip.toolbox.io import atomic_write_json, atomic_write_text
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATASET_DIR = "synthetic_fg"

@@ -20,9 +20,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
-from toolbox.errors import UserError, report_error  # noqa: E402
-from toolbox.io import atomic_file  # noqa: E402
-from tools.results_table import (  # noqa: E402
+from fairclip.toolbox.errors import UserError, report_error  # noqa: E402
+from fairclip.toolbox.io import atomic_file  # noqa: E402
+from fairclip.tools.results_table import (  # noqa: E402
     METHOD_TRAINERS, claim_run_dirs, find_results, label_runs, load_run, method_order, select_runs, spread,
 )
 

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from toolbox.errors import UserError, report_error
-from toolbox.io import atomic_torch_save
+from fairclip.toolbox.errors import UserError, report_error
+from fairclip.toolbox.io import atomic_torch_save
 
 DATASET_DIR = "synthetic_fg"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's pixel statistics, as in its preprocess
@@ -215,7 +215,7 @@ def class_embeddings(model, descriptions, classnames):
 @torch.no_grad()
 def zero_shot_accuracy(model, root, split="test", descriptions=None):
     """Accuracy (%) on a target split with description-mean class embeddings and resize-only images."""
-    from tools.make_synthetic import SPLIT_FILE, texts_content
+    from fairclip.tools.make_synthetic import SPLIT_FILE, texts_content
 
     names, desc = texts_content()
     descriptions = descriptions or desc

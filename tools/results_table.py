@@ -21,8 +21,8 @@ import os.path as osp
 import sys
 from collections import OrderedDict
 
-from toolbox.errors import UserError, report_error
-from toolbox.io import atomic_write_text
+from fairclip.toolbox.errors import UserError, report_error
+from fairclip.toolbox.io import atomic_write_text
 
 # Script folder name -> trainer name, in the order the table lists them.
 METHOD_TRAINERS = OrderedDict([

@@ -24,8 +24,8 @@ import time
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from toolbox.errors import UserError, report_error  # noqa: E402
-from toolbox.io import atomic_write_json  # noqa: E402
+from fairclip.toolbox.errors import UserError, report_error  # noqa: E402
+from fairclip.toolbox.io import atomic_write_json  # noqa: E402
 
 _SCRIPT_LINE = re.compile(r'run_seeds\.sh"?\s+(\S+)\s+(train|eval)\b')
 

@@ -15,11 +15,11 @@ import sys
 
 from tabulate import tabulate
 
-from toolbox import DATASET_REGISTRY, get_cfg_default
-from toolbox.errors import UserError, report_error
+from fairclip.toolbox import DATASET_REGISTRY, get_cfg_default
+from fairclip.toolbox.errors import UserError, report_error
 
-import datasets
-from datasets.common import collect_missing_images, dataset_root, scan_unreadable
+from fairclip import datasets
+from fairclip.datasets.common import collect_missing_images, dataset_root, scan_unreadable
 
 # Published split sizes (CoOp's split files; ours for CUB200/RESISC45/Birdsnap, see DATASETS.md).
 # "trainval": only train+val is fixed; "*_max": an upper bound (Birdsnap images come from Flickr).
@@ -79,7 +79,7 @@ def size_problems(key, counts, num_classes):
 
 
 def make_cfg(root, name):
-    from train import extend_cfg
+    from fairclip.config import extend_cfg
 
     cfg = get_cfg_default()
     extend_cfg(cfg)

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from toolbox.errors import UserError
+from fairclip.toolbox.errors import UserError
 
 
 def crop_relevance(crops, global_feats):

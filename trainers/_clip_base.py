@@ -25,14 +25,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import datasets
-from clip_backbone import description_bank, load_clip_from_cfg, template_classifier
-from datasets.common import SkipUnreadableWrapper
-from datasets.decoded_cache import CachedImages, canvas_loader, open_decoded_cache
-from datasets.texts import load_descriptions
-from toolbox import AverageMeter, DataManager, MetricMeter, TrainerX, load_checkpoint, read_json
-from toolbox.errors import UserError
-from toolbox.io import atomic_write_json
+from fairclip import datasets
+from fairclip.clip_backbone import description_bank, load_clip_from_cfg, template_classifier
+from fairclip.datasets.common import SkipUnreadableWrapper
+from fairclip.datasets.decoded_cache import CachedImages, canvas_loader, open_decoded_cache
+from fairclip.datasets.texts import load_descriptions
+from fairclip.toolbox import AverageMeter, DataManager, MetricMeter, TrainerX, load_checkpoint, read_json
+from fairclip.toolbox.errors import UserError
+from fairclip.toolbox.io import atomic_write_json
 
 from . import _distributed
 from ._gpu_views import DeviceViewLoader, GpuViews, center_view

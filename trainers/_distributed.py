@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from toolbox.errors import UserError
+from fairclip.toolbox.errors import UserError
 
 
 def is_distributed():
@@ -76,7 +76,7 @@ def reseed_for_rank(seed):
     """After the model is built (identically on every rank): give each rank its own random stream for
     data augmentation; rank 0 and single-process runs keep the run's stream."""
     if is_distributed() and rank() > 0 and seed >= 0:
-        from toolbox import set_random_seed
+        from fairclip.toolbox import set_random_seed
 
         set_random_seed(seed + 1000 * rank())
 

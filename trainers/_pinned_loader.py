@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from datasets.decoded_cache import canvas_shape, central_square, fill_canvas, item_fields
+from fairclip.datasets.decoded_cache import canvas_shape, central_square, fill_canvas, item_fields
 
 _DONE = object()
 

@@ -8,8 +8,9 @@ import os.path as osp
 
 import torch
 
-from toolbox import BACKEND
-from toolbox.io import atomic_write_json
+from fairclip.config import config_name
+from fairclip.toolbox import BACKEND
+from fairclip.toolbox.io import atomic_write_json
 
 SCHEMA_VERSION = 1
 
@@ -35,7 +36,7 @@ def build_results(trainer, evaluation):
         "dataset": cfg.DATASET.NAME,
         "dataset_key": trainer.dataset_key,
         "trainer": cfg.TRAINER.NAME,
-        "cfg": cfg.RUN.CFG_NAME,
+        "cfg": config_name(cfg),
         "config_files": list(cfg.RUN.CONFIG_FILES),
         "seed": cfg.SEED,
         "backbone": trainer.clip_info["source"],

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from toolbox.errors import UserError
+from fairclip.toolbox.errors import UserError
 
 
 class _DasslCosineWithWarmup:

@@ -13,7 +13,7 @@ import random
 import torch
 import torchvision.transforms as T
 
-from toolbox import INTERPOLATION_MODES
+from fairclip.toolbox import INTERPOLATION_MODES
 
 
 def _normalize(cfg):

@@ -8,7 +8,7 @@ class-name template embedding, ``linear`` (normalised cosine) or ``softmax`` (so
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
-from toolbox import TRAINER_REGISTRY
+from fairclip.toolbox import TRAINER_REGISTRY
 
 from ._alignment import description_prototypes, description_weights
 from .zsclip import ZeroshotCLIP

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
-from datasets.common import SkipUnreadableWrapper
-from toolbox import TRAINER_REGISTRY, build_data_loader, build_optimizer
-from toolbox.errors import UserError
+from fairclip.datasets.common import SkipUnreadableWrapper
+from fairclip.toolbox import TRAINER_REGISTRY, build_data_loader, build_optimizer
+from fairclip.toolbox.errors import UserError
 
 from ._clip_base import ClipTrainer
 from ._losses import class_balance_loss, global_batch_mean, weighted_cross_entropy

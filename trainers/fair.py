@@ -26,8 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
-from toolbox import TRAINER_REGISTRY, build_optimizer
-from toolbox.errors import UserError
+from fairclip.toolbox import TRAINER_REGISTRY, build_optimizer
+from fairclip.toolbox.errors import UserError
 
 from ._alignment import (
     crop_relevance, crop_weights, description_prototypes, description_weights, mean_description_embedding,
@@ -169,7 +169,7 @@ class FAIR(ClipTrainer):
     def custom_test_transform(self):
         if not self.cfg.TRAINER.FAIR.TEST_LAS:
             return None
-        from toolbox import build_transform
+        from fairclip.toolbox import build_transform
 
         return [build_transform(self.cfg, is_train=False), self.local_crops()]
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from yacs.config import CfgNode as CN
 
-from toolbox import TRAINER_REGISTRY, build_optimizer
-from toolbox.errors import UserError
+from fairclip.toolbox import TRAINER_REGISTRY, build_optimizer
+from fairclip.toolbox.errors import UserError
 
 from . import _distributed
 from ._clip_base import ClipTrainer, TrainableState, unfreeze_visual_layernorms

@@ -15,11 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
-from clip_backbone.loading import clip
-from datasets.common import SkipUnreadableWrapper
-from datasets.templates import get_templates
-from toolbox import TRAINER_REGISTRY, Datum, build_data_loader, build_optimizer, build_transform
-from toolbox.errors import UserError
+from fairclip.clip_backbone.loading import clip
+from fairclip.datasets.common import SkipUnreadableWrapper
+from fairclip.datasets.templates import get_templates
+from fairclip.toolbox import TRAINER_REGISTRY, Datum, build_data_loader, build_optimizer, build_transform
+from fairclip.toolbox.errors import UserError
 
 from ._clip_base import ClipTrainer, TrainableState
 from ._schedules import epoch_scheduler

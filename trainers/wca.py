@@ -17,8 +17,8 @@ import random
 import torch
 from yacs.config import CfgNode as CN
 
-from toolbox import TRAINER_REGISTRY, build_transform
-from toolbox.errors import UserError
+from fairclip.toolbox import TRAINER_REGISTRY, build_transform
+from fairclip.toolbox.errors import UserError
 
 from ._alignment import crop_relevance, crop_weights, description_prototypes, weighted_composite
 from ._clip_base import ClipTrainer

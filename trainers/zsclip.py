@@ -5,7 +5,7 @@
 """
 from yacs.config import CfgNode as CN
 
-from toolbox import TRAINER_REGISTRY
+from fairclip.toolbox import TRAINER_REGISTRY
 
 from ._clip_base import ClipTrainer
 
