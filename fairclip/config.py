@@ -82,6 +82,8 @@ def merge_config_file(cfg, path, what):
         return
     if not osp.isfile(path):
         raise UserError("{} '{}' does not exist; check the path".format(what, path))
+    if _already_merged(cfg, path):
+        return  # e.g. a per-dataset override also given as --extra-config-file: merged once
     try:
         cfg.merge_from_file(path)
     except (KeyError, AssertionError, ValueError) as exc:
