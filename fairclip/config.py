@@ -99,8 +99,11 @@ def extend_cfg(cfg):
     # Class-name prompts: "ensemble" (the dataset's template list), "single" ("a photo of a {}."),
     # or a path to a JSON list of templates containing "{}".
     cfg.DATASET.TEMPLATES = "ensemble"
-    # Fraction of a split's images that may be unreadable (skipped and counted) before the run fails.
+    # Fraction of a train split's images that may be unreadable (skipped and counted) before the run fails.
     cfg.DATASET.MAX_UNREADABLE = 0.01
+    # Val/test images are never replaced: an unreadable one fails the run, unless this is True, which
+    # leaves unreadable val/test images out and lists them in results.json (protocol.skipped_eval_images).
+    cfg.DATASET.SKIP_UNREADABLE_EVAL = False
 
     cfg.MODEL.BACKBONE.PATH = ""  # local CLIP file (JIT archive or state dict); overrides NAME
     cfg.MODEL.BACKBONE.DOWNLOAD_ROOT = ""  # where named weights are downloaded; "" = ~/.cache/clip
