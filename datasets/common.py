@@ -220,9 +220,10 @@ STALE_HINT = (
 
 
 def _load_json(path, what):
+    from .texts import read_text
+
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(read_text(path, what))
     except json.JSONDecodeError as exc:
         raise UserError(
             "{} {} is not valid JSON (line {}, column {}: {}); delete or re-download it".format(

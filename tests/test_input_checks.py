@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fairclip.config import get_cfg, merge_config_file
 from fairclip.datasets.common import EvalSplit, SkipUnreadableWrapper, UnreadableEvalImage, open_rgb
 from fairclip.datasets.decoded_cache import decode_resized, open_decoded_cache
 from fairclip.toolbox.errors import UserError
 from fairclip.tools.make_miniature_data import BUILDERS
-from tests.conftest import build_dataset, build_seeded, make_dataset_cfg, trainer_cfg
+from tests.conftest import build_dataset, build_seeded, make_dataset_cfg, small_fair_cfg, trainer_cfg
 
 SPLIT = "split_zhou_DescribableTextures.json"
 
@@ -166,3 +167,77 @@ def test_fewshot_subset_of_a_split_with_absolute_paths(dtd):
     again = build_dataset(root, "dtd", "DATASET.NUM_SHOTS", 1, "SEED", 1)  # read back from the cache
     assert [it.impath for it in again.train_x] == [it.impath for it in first.train_x]
     assert len(first.train_x) == 3 and all(osp.isfile(it.impath) for it in first.train_x)
+
+
+# --------------------------------------------------------------------------- config, template, description files
+@pytest.mark.parametrize("content, message", [
+    ("OPTIM:\n  LR: [0.1\n", "is not valid YAML (line 3, column 1)"),
+    ("OPTIM:\n\tLR: 0.1\n", "is not valid YAML (line 2, column 1)"),
+    ("OPTIM:\n  LR: !!python/object/apply:os.system ['touch {marker}']\n", "line 2: could not determine a constructor"),
+    ("OPTIM:\n  LR: .nan\n", "OPTIM.LR = nan must be a finite number"),
+    ("OPTIM:\n  LR: -.inf\n", "OPTIM.LR = -inf must be a finite number"),
+    ("- OPTIM\n", "must hold a mapping of config keys (KEY: value), not a list"),
+    ("OPTIM: 3\n", "Type mismatch"),
+    (b"OPTIM:\n  NAME: caf\xe9\n", "is not UTF-8 text (byte 0xe9 at offset 18)"),
+    ("OPTIM:\n  NAME: sgd\n".encode("utf-16"), "is UTF-16 text; save it as UTF-8"),
+])
+def test_bad_config_files_are_one_line(tmp_path, content, message):
+    path = tmp_path / "method.yaml"
+    marker = tmp_path / "code_ran"
+    if isinstance(content, str):
+        content = content.format(marker=marker).encode()
+    path.write_bytes(content)
+    with pytest.raises(UserError) as exc:
+        merge_config_file(get_cfg(), str(path), "method config file")
+    msg = one_line(exc)
+    assert msg.startswith("method config file '{}'".format(path)) and message in msg
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("template, message", [
+    ("a photo of {x} {}.", "has 2 replacement fields"),
+    ("a photo of {x}.", "has the field '{x}' instead of '{}'"),
+    ("a {photo of a {}.", "has an unmatched brace"),
+    ("a photo of a {}}.", "has an unmatched brace"),
+    ("a photo of a {!r}.", "has the field '{!r}' instead of '{}'"),
+])
+def test_bad_templates_are_one_line(tmp_path, template, message):
+    from fairclip.datasets.templates import get_templates
+
+    path = tmp_path / "templates.json"
+    path.write_text(json.dumps(["a {{literal}} photo of a {}.", template]))
+    with pytest.raises(UserError) as exc:
+        get_templates(str(path), "dtd")
+    assert message in one_line(exc) and str(path) in one_line(exc)
+    path.write_text(json.dumps(["a {{literal}} photo of a {}."]))
+    assert get_templates(str(path), "dtd") == ["a {{literal}} photo of a {}."]
+
+
+@pytest.mark.parametrize("encoding, message", [("latin-1", "is not UTF-8 text (byte 0xe9"),
+                                               ("utf-16", "is UTF-16 text")])
+def test_description_file_in_another_encoding_is_one_line(tmp_path, encoding, message):
+    from fairclip.datasets.texts import load_descriptions
+
+    path = tmp_path / "desc.json"
+    path.write_bytes(json.dumps({"caf\u00e9": ["A photo of a caf\u00e9, a place."]}, ensure_ascii=False).encode(encoding))
+    with pytest.raises(UserError) as exc:
+        load_descriptions(str(path), ["caf\u00e9"])
+    assert message in one_line(exc) and str(path) in one_line(exc)
+    path.write_bytes(json.dumps({"caf\u00e9": ["x"]}, ensure_ascii=False).encode("utf-8-sig"))  # a BOM is fine
+    assert load_descriptions(str(path), ["caf\u00e9"]) == [["x"]]
+
+
+# --------------------------------------------------------------------------- trainer keys
+@pytest.mark.parametrize("opts, message", [
+    (("DATALOADER.TRAIN_X.BATCH_SIZE", "0"), "DATALOADER.TRAIN_X.BATCH_SIZE = 0 must be a whole number >= 1"),
+    (("DATALOADER.TEST.BATCH_SIZE", "-4"), "DATALOADER.TEST.BATCH_SIZE = -4 must be a whole number >= 1"),
+    (("DATALOADER.NUM_WORKERS", "-1"), "DATALOADER.NUM_WORKERS = -1 must be a whole number >= 0"),
+    (("TRAINER.FAIR.CROP_MIN_FRAC", "0.9", "TRAINER.FAIR.CROP_MAX_FRAC", "0.5"),
+     "CROP_MIN_FRAC=0.9 and CROP_MAX_FRAC=0.5 must satisfy 0 < MIN <= MAX <= 1"),
+])
+def test_bad_loader_and_crop_keys_are_one_line(mini_pets, tiny_clip, tmp_path, opts, message):
+    from fairclip.toolbox import build_trainer
+
+    with pytest.raises(UserError) as exc:
+        build_trainer(small_fair_cfg(mini_pets, tiny_clip, str(tmp_path / "run"), *opts))
+    assert message in one_line(exc)

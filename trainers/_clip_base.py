@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fairclip import datasets
+from fairclip.config import check_loader_keys
 from fairclip.clip_backbone import description_bank, load_clip_from_cfg, template_classifier
 from fairclip.datasets.common import SkipUnreadableWrapper, eval_split_name
 from fairclip.datasets.decoded_cache import CachedImages, canvas_loader, open_decoded_cache
@@ -80,6 +81,7 @@ class ClipTrainer(TrainerX):
 
     # ------------------------------------------------------------------ construction
     def build_data_loader(self):
+        check_loader_keys(self.cfg)
         dm = DataManager(
             self.cfg,
             custom_tfm_train=self.custom_train_transform(),
