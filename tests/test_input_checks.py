@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fairclip.config import get_cfg, merge_config_file
-from fairclip.datasets.common import EvalSplit, SkipUnreadableWrapper, UnreadableEvalImage, open_rgb
+from fairclip.datasets.common import SkipUnreadableWrapper
 from fairclip.datasets.decoded_cache import decode_resized, open_decoded_cache
 from fairclip.toolbox.errors import UserError
 from fairclip.tools.make_miniature_data import BUILDERS
@@ -104,6 +104,8 @@ def test_unreadable_test_image_fails_by_default_and_is_never_replaced(dtd):
     assert empty in msg and "DATASET.SKIP_UNREADABLE_EVAL" in msg and "never changed silently" in msg
 
     # A non-empty undecodable file is found when read: an error on the PIL path and the decoded cache.
+    from fairclip.datasets.common import EvalSplit, UnreadableEvalImage
+
     with open(empty, "wb") as f:
         f.write(b"not an image")
     cfg = make_dataset_cfg(root, "dtd", "DATASET.MAX_UNREADABLE", 1.0)
@@ -148,8 +150,12 @@ def test_16_bit_grey_png_decodes_like_its_8_bit_version(tmp_path):
     Image.fromarray(grey8.astype(np.uint16) * 257).save(path)
     assert Image.open(path).mode.startswith("I")
     expected = np.repeat(grey8[:, :, None], 3, axis=2)
-    assert np.array_equal(np.asarray(open_rgb(path)), expected)
-    assert np.array_equal(decode_resized(path, 64), expected)
+    assert np.array_equal(decode_resized(path, 64), expected)  # the decoded cache
+    from fairclip.toolbox import Datum
+
+    cfg = make_dataset_cfg(tmp_path, "dtd")
+    item = SkipUnreadableWrapper(cfg, [Datum(impath=path, label=0, classname="grey")])[0]  # the PIL path
+    assert np.array_equal(np.asarray(item["img"]), expected)
 
 
 # --------------------------------------------------------------------------- few-shot
