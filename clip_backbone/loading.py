@@ -7,6 +7,7 @@ the weights ourselves and call ``clip.model.build_model``. The model is returned
 with every parameter frozen; trainers unfreeze what they train.
 """
 import hashlib
+import json
 import os
 import os.path as osp
 import warnings
@@ -14,6 +15,7 @@ import warnings
 import torch
 
 from fairclip.toolbox.errors import UserError
+from fairclip.toolbox.io import atomic_write_json
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # openai-clip imports pkg_resources, which warns on import
@@ -80,30 +82,79 @@ def resolve_weights_file(name="", path="", download_root=""):
         ) from exc
 
 
+FINGERPRINT_FILE = "weights_fingerprints.json"  # in default_cache_dir(): {file: {size, mtime_ns, fingerprint}}
+FINGERPRINT_VERSION = 2  # 2: every tensor; 1 (before): key shapes, five tensors and 64 embedding rows
+# Entries of OpenAI's archives that are not weights (clip.model.build_model drops them and derives the
+# architecture from the weight shapes): left out, so an archive and its state-dict copy agree.
+METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
 def weights_fingerprint(state_dict):
-    """A short content hash of a CLIP state dict (keys the text-feature cache)."""
-    h = hashlib.sha256()
+    """A content hash of a whole CLIP state dict: SHA-256 over every weight's name, shape and values (as
+    float32 for floating-point tensors, so an fp16 archive and its fp32 copy, which build the same fp32
+    model, agree). It keys the text-feature cache and is what results.json records."""
+    h = hashlib.sha256("clip-weights-v{}".format(FINGERPRINT_VERSION).encode())
     for key in sorted(state_dict):
-        h.update(key.encode())
-        h.update(str(tuple(state_dict[key].shape)).encode())
-    for key in ("text_projection", "positional_embedding", "ln_final.weight", "visual.proj",
-                "visual.attnpool.c_proj.weight"):
-        if key in state_dict:
-            h.update(state_dict[key].detach().float().cpu().numpy().tobytes())
-    emb = state_dict.get("token_embedding.weight")
-    if emb is not None:
-        h.update(emb[:64].detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+        if key in METADATA_KEYS:
+            continue
+        value = state_dict[key]
+        if not torch.is_tensor(value):
+            value = torch.as_tensor(value)
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()
+        array = value.contiguous().numpy()
+        h.update("\0{}\0{}\0{}\0".format(key, array.dtype.str, tuple(array.shape)).encode())
+        h.update(memoryview(array.reshape(-1)).cast("B") if array.size else b"")
+    return h.hexdigest()[:32]
+
+
+def _file_identity(path):
+    st = os.stat(path)
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def _read_fingerprints(index_path):
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) and data.get("version") == FINGERPRINT_VERSION else {}
+    except (OSError, ValueError):
+        return {}  # absent or damaged: fingerprints are recomputed and the file rewritten
+
+
+def file_fingerprint(path, state_dict):
+    """``weights_fingerprint(state_dict)`` of the weights read from ``path``, hashed once per file: the
+    result is kept in ``<default_cache_dir()>/weights_fingerprints.json`` under the file's absolute path,
+    size and modification time, and reused while all three match."""
+    path = osp.abspath(path)
+    index_path = osp.join(default_cache_dir(), FINGERPRINT_FILE)
+    ident = _file_identity(path)
+    entries = _read_fingerprints(index_path).get("files", {})
+    known = entries.get(path)
+    if isinstance(known, dict) and {k: known.get(k) for k in ident} == ident and isinstance(
+            known.get("fingerprint"), str):
+        return known["fingerprint"]
+    fingerprint = weights_fingerprint(state_dict)
+    entries = dict(_read_fingerprints(index_path).get("files", {}))  # re-read: another run may have added one
+    entries[path] = dict(ident, fingerprint=fingerprint)
+    try:
+        atomic_write_json({"version": FINGERPRINT_VERSION, "files": entries}, index_path, indent=1)
+    except OSError as exc:
+        warnings.warn("could not save the CLIP weights fingerprint to {} ({}); it is recomputed on every run".format(
+            index_path, exc))
+    return fingerprint
 
 
 def load_clip(name="", path="", device="cpu", download_root=""):
     """Build CLIP in fp32 (eval mode, all parameters frozen).
 
-    Returns ``(model, info)``; ``info`` has ``source`` (name or file), ``file`` and ``fingerprint``.
+    Returns ``(model, info)``; ``info`` has ``source`` (name or file), ``file``, ``fingerprint`` (a hash of
+    every weight, see :func:`weights_fingerprint`) and ``input_resolution``.
     """
     weights_file = resolve_weights_file(name=name, path=path, download_root=download_root)
     state_dict = _read_state_dict(weights_file)
-    fingerprint = weights_fingerprint(state_dict)
+    fingerprint = file_fingerprint(weights_file, state_dict)
     try:
         model = build_model(dict(state_dict))
     except (KeyError, RuntimeError) as exc:

@@ -8,8 +8,9 @@ from fairclip.toolbox import DATASET_REGISTRY, DatasetBase, listdir_nohidden
 from fairclip.toolbox.errors import UserError
 
 from .common import (
-    apply_fewshot, check_labels, check_nonempty, check_subsample, class_folders, dataset_root, make_items,
-    read_lines, read_split, relative_entries, require_dir, save_json_best_effort, section, subsample_classes,
+    apply_fewshot, check_labels, check_nonempty, check_subsample, class_folders, dataset_root, inspect_splits,
+    make_items, prepare_eval_splits, read_lines, read_split, relative_entries, require_dir, save_json_best_effort,
+    section, subsample_classes,
 )
 
 CACHE_FILE = "split_cache_ImageNet.json"
@@ -32,6 +33,8 @@ class ImageNet(DatasetBase):
             train, test = self.scan()
         train, _ = apply_fewshot(cfg, self.dataset_dir, train, None)
         train, test = subsample_classes(train, test, subsample=subsample)
+        _, test, self.skipped_unreadable = prepare_eval_splits(cfg, test, test, self.cache_path)
+        self.data_checks = inspect_splits(OrderedDict([("train", train), ("test", test)]), self.cache_path)
         super().__init__(train_x=train, val=test, test=test)
 
     def read_classnames(self):

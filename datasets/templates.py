@@ -7,6 +7,7 @@ Birdsnap template (another bird dataset). ``synthetic`` is our demo world.
 """
 import json
 import os.path as osp
+import string
 
 from fairclip.toolbox.errors import UserError
 
@@ -268,17 +269,34 @@ def read_templates_file(path):
     if not osp.isfile(path):
         raise UserError("{} = {!r} is neither 'ensemble', 'single' nor an existing JSON file; fix the "
                         "value".format(TEMPLATES_KEY, path))
+    from .texts import read_text
+
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(read_text(path, "template file"))
     except json.JSONDecodeError as exc:
         raise UserError("template file {} is not valid JSON (line {}: {}); fix {}".format(
             path, exc.lineno, exc.msg, TEMPLATES_KEY)) from None
     if not isinstance(data, list) or not data or not all(isinstance(t, str) for t in data):
         raise UserError("template file {} must hold a non-empty JSON list of strings, e.g. "
                         "[\"a photo of a {{}}.\"]".format(path))
-    bad = [t for t in data if t.count("{}") != 1]
-    if bad:
-        raise UserError("template file {}: template {!r} must contain '{{}}' exactly once (where the class "
-                        "name goes)".format(path, bad[0]))
+    for t in data:
+        why = template_problem(t)
+        if why:
+            raise UserError("template file {}: template {!r} {}; it must contain '{{}}' exactly once (where the "
+                            "class name goes), and a literal brace is written '{{{{' or '}}}}'".format(path, t, why))
     return list(data)
+
+
+def template_problem(template):
+    """None when ``template.format(name)`` puts the name in exactly one place, else why not."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:  # a stray "{" or "}"
+        return "has an unmatched brace ({})".format(exc)
+    if len(fields) != 1:
+        return "has {} replacement fields".format(len(fields))
+    parsed = next((spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None)
+    if fields[0] != "" or parsed != ("", None):
+        return "has the field '{{{}}}' instead of '{{}}'".format(fields[0] + ("!" + parsed[1] if parsed[1] else "")
+                                                                   + (":" + parsed[0] if parsed[0] else ""))
+    return None

@@ -33,9 +33,10 @@ METRICS = ("accuracy", "macro_f1", "mean_per_class_accuracy", "error_rate")
 # Protocol fields whose disagreement inside one cell makes its mean meaningless (flagged with †).
 CELL_PROTOCOL_FIELDS = ("split", "num_eval_images", "num_train_images", "num_shots", "subsample_classes",
                         "epochs", "selection", "text", "input_size", "precision", "world_size", "global_batch",
-                        "adaptation_data")
+                        "adaptation_data", "skipped_eval_images")
 # Fields every method must share on one dataset for the columns to be comparable (flagged with ‡).
-DATASET_PROTOCOL_FIELDS = ("split", "num_eval_images", "subsample_classes")
+DATASET_PROTOCOL_FIELDS = ("split", "num_eval_images", "subsample_classes", "skipped_eval_images")
+NO_SKIPPED = {"count": 0, "paths": []}  # results.json files older than the field skipped nothing
 STD_CAPTIONS = {
     "population": "population std over seeds (ddof=0, as CoOp's parse_test_res)",
     "sample": "sample std over seeds (ddof=1)",
@@ -97,7 +98,8 @@ def load_run(path):
         "dataset": str(record.get("dataset_key") or _require(record, ["dataset"], path)),
         "seed": seed,
         "metrics": _require(record, ["metrics"], path),
-        "protocol": record.get("protocol") or {},
+        "protocol": dict(record.get("protocol") or {}, skipped_eval_images=(record.get("protocol") or {}).get(
+            "skipped_eval_images") or NO_SKIPPED),
         "backbone": str(record.get("backbone") or "?"),
         "backbone_fingerprint": record.get("backbone_fingerprint"),
         "history": record.get("history") or [],
@@ -288,8 +290,17 @@ PROTOCOL_COLUMNS = OrderedDict([
                                                              r["protocol"].get("global_batch"))
      if r["protocol"].get("epochs") else "- (no training)"),
     ("precision", lambda r: r["protocol"].get("precision")),
+    ("skipped eval images", lambda r: _skipped_text(r["protocol"].get("skipped_eval_images"))),
     ("backend", lambda r: r["protocol"].get("toolbox_backend")),
 ])
+
+
+def _skipped_text(skipped):
+    """Unreadable val/test images a run left out (DATASET.SKIP_UNREADABLE_EVAL): "none" or "N (paths)"."""
+    skipped = skipped or NO_SKIPPED
+    if not skipped.get("count"):
+        return "none"
+    return "{} ({})".format(skipped["count"], ", ".join(map(str, skipped.get("paths") or [])))
 
 
 def protocol_rows(runs, rows):

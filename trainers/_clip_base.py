@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fairclip import datasets
+from fairclip.config import check_loader_keys
 from fairclip.clip_backbone import description_bank, load_clip_from_cfg, template_classifier
-from fairclip.datasets.common import SkipUnreadableWrapper
+from fairclip.datasets.common import SkipUnreadableWrapper, eval_split_name
 from fairclip.datasets.decoded_cache import CachedImages, canvas_loader, open_decoded_cache
 from fairclip.datasets.texts import load_descriptions
 from fairclip.toolbox import AverageMeter, DataManager, MetricMeter, TrainerX, load_checkpoint, read_json
@@ -80,6 +81,7 @@ class ClipTrainer(TrainerX):
 
     # ------------------------------------------------------------------ construction
     def build_data_loader(self):
+        check_loader_keys(self.cfg)
         dm = DataManager(
             self.cfg,
             custom_tfm_train=self.custom_train_transform(),
@@ -144,7 +146,8 @@ class ClipTrainer(TrainerX):
         cache = open_decoded_cache(
             [item.impath for item in items], side, cfg.DATALOADER.DECODED_CACHE,
             cfg.DATALOADER.DECODED_CACHE_DIR, workers=cfg.DATALOADER.NUM_WORKERS,
-            max_unreadable=cfg.DATASET.MAX_UNREADABLE, label="{} {}".format(cfg.DATASET.NAME, split))
+            max_unreadable=cfg.DATASET.MAX_UNREADABLE, label="{} {}".format(cfg.DATASET.NAME, split),
+            eval_split=eval_split_name(items))
         batch = cfg.DATALOADER.TRAIN_X.BATCH_SIZE if is_train else cfg.DATALOADER.TEST.BATCH_SIZE
         return canvas_loader(CachedImages(items, cache), batch, is_train, cfg.DATALOADER.NUM_WORKERS,
                              pin_memory=self.device.type == "cuda", center_square=center_only)

@@ -23,6 +23,11 @@ def _selection_rule(trainer):
     return "last epoch"
 
 
+def _skipped(dataset, split):
+    paths = list((getattr(dataset, "skipped_unreadable", None) or {}).get(split, []))
+    return {"count": len(paths), "paths": paths}
+
+
 def build_results(trainer, evaluation):
     from ._clip_base import peak_memory_mb  # local import: _clip_base imports this module
 
@@ -66,6 +71,10 @@ def build_results(trainer, evaluation):
             "batch_per_process": batch,
             "global_batch": batch * world_size,
             "toolbox_backend": BACKEND,
+            # Val/test images left out because they cannot be decoded (only with DATASET.SKIP_UNREADABLE_EVAL).
+            "skipped_eval_images": _skipped(trainer.dm.dataset, evaluation["split"]),
+            # Duplicated entries per split and test images also in train (datasets.common.inspect_splits).
+            "data_checks": getattr(trainer.dm.dataset, "data_checks", None),
         },
         "timings": {
             "test_images_per_s": evaluation["images_per_s"],

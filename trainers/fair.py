@@ -155,6 +155,9 @@ class FAIR(ClipTrainer):
                 c.TOP_K, c.N_CROPS))
         if not 0.0 <= c.GAMMA <= 1.0:
             raise UserError("TRAINER.FAIR.GAMMA={} must be in [0, 1]".format(c.GAMMA))
+        if not 0.0 < c.CROP_MIN_FRAC <= c.CROP_MAX_FRAC <= 1.0:
+            raise UserError("TRAINER.FAIR.CROP_MIN_FRAC={} and CROP_MAX_FRAC={} must satisfy 0 < MIN <= MAX <= 1 "
+                            "(fractions of the image's shorter side)".format(c.CROP_MIN_FRAC, c.CROP_MAX_FRAC))
 
     # ------------------------------------------------------------------ data
     def local_crops(self):
