@@ -53,16 +53,15 @@ def _already_merged(cfg, path):
 
 def per_dataset_override(cfg, merged_file):
     """``<dir of merged_file>/per_dataset/<key>.yaml`` for the dataset in ``cfg`` when it exists, else None.
-    Dataset config files and the overrides themselves have none."""
-    from fairclip.datasets import DATASET_KEYS
+    The key is our config stem for our datasets (``stanford_cars``) and the registered name for a dataset
+    a host checkout registers (``per_dataset/MyBirds.yaml``). Dataset config files and the overrides
+    themselves have none."""
+    from fairclip.datasets import key_for
 
     folder = osp.dirname(str(merged_file))  # as given, so results.json lists the paths the way the run named them
-    if osp.basename(osp.abspath(folder)) == "per_dataset":
+    if osp.basename(osp.abspath(folder)) == "per_dataset" or not cfg.DATASET.NAME:
         return None
-    keys = [k for k, name in DATASET_KEYS.items() if name == cfg.DATASET.NAME]
-    if not keys:
-        return None
-    path = osp.join(folder, "per_dataset", keys[0] + ".yaml")
+    path = osp.join(folder, "per_dataset", key_for(cfg.DATASET.NAME) + ".yaml")
     return path if osp.isfile(path) else None
 
 
@@ -96,8 +95,8 @@ def extend_cfg(cfg):
     # Per-class description file ({classname: [sentences]}, CuPL format). Empty: ours, shipped in
     # datasets/descriptions/<dataset key>.json.
     cfg.DATASET.DESCRIPTIONS = ""
-    # Class-name prompts: "ensemble" (the dataset's template list), "single" ("a photo of a {}."),
-    # or a path to a JSON list of templates containing "{}".
+    # Class-name prompts: "ensemble" (the dataset's CLIP template list), "coop" (CoOp's one zero-shot
+    # prompt per dataset), "single" ("a photo of a {}.") or a path to a JSON list of templates with "{}".
     cfg.DATASET.TEMPLATES = "ensemble"
     # Fraction of a split's images that may be unreadable (skipped and counted) before the run fails.
     cfg.DATASET.MAX_UNREADABLE = 0.01
