@@ -10,6 +10,7 @@ import os.path as osp
 import random
 
 import pytest
+import torch
 import torch.nn.functional as F
 
 from fairclip.datasets.common import FEWSHOT_DIRNAME
@@ -186,3 +187,39 @@ def test_coops_15_dataset_configs_are_accepted_by_train_py(tmp_path):
         cfg = setup_cfg(args)  # raises a UserError for an unknown reader or key
         assert cfg.DATASET.NAME == name
         assert cfg.RUN.CONFIG_FILES[:2] == [str(path), method]
+
+
+# --------------------------------------------------------------------------- ImageNet -> ImageNet-A (eval only)
+def test_model_adapted_on_imagenet_is_tested_on_the_imagenet_a_subset(tiny_clip, tmp_path):
+    """CoOp's domain-generalisation protocol: FAIR adapted on ImageNet, tested with --eval-only on
+    ImageNet-A, whose classes are a subset; the anchors of those classes are the ones evaluated."""
+    from fairclip.toolbox.errors import UserError
+    from fairclip.tools.make_miniature_data import make_imagenet_a
+
+    root = str(tmp_path / "data")
+    imagenet = make_imagenet(root, classes=6, per_class=4, size=16)
+    subset = make_imagenet_a(root, classes=3, per_class=2, size=16)
+    descriptions = tmp_path / "imagenet_descriptions.json"
+    descriptions.write_text(json.dumps({c: ["a {} seen up close.".format(c), "a picture of a {}.".format(c)]
+                                        for c in imagenet["classnames"]}))
+    opts = ["MODEL.BACKBONE.PATH", tiny_clip, "DATASET.DESCRIPTIONS", str(descriptions), "DATALOADER.NUM_WORKERS", "0",
+            "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "OPTIM.MAX_EPOCH", "1", "TRAINER.FAIR.N_CROPS", "2",
+            "TRAINER.FAIR.TOP_K", "1", "VERBOSE", "False"]
+    run = str(tmp_path / "imagenet_run")
+    trainer = build_seeded(trainer_cfg("FAIR", "imagenet", root, run, *opts))
+    with torch.no_grad():  # stand-in for training: every class's anchor made distinct, then checkpointed
+        trainer.model.anchors.add_(torch.randn_like(trainer.model.anchors))
+    trainer.save_model(0, run)
+    trained = trainer.model.anchors.detach().clone()
+    assert json.load(open(osp.join(run, "classnames.json")))["classnames"] == imagenet["classnames"]
+
+    target = build_seeded(trainer_cfg("FAIR", "imagenet_a", root, str(tmp_path / "a_eval"), *opts))
+    assert target.classnames == subset["classnames"]
+    target.load_model(run)
+    assert torch.equal(target.model.anchors.detach(), trained[subset["imagenet_labels"]])
+    target.test()
+    result = json.load(open(osp.join(str(tmp_path / "a_eval"), "results.json")))
+    assert sorted(result["metrics"]["per_class_accuracy"]) == sorted(subset["classnames"])
+
+    with pytest.raises(UserError, match="evaluation-only test set.*--eval-only --model-dir"):
+        target.train()
