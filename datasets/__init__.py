@@ -46,15 +46,21 @@ READER_MODULES = [
 
 
 def is_ours(registered_name):
-    """Whether ``registered_name`` is one of our readers (a key of ours maps to it)."""
-    return registered_name in DATASET_KEYS.values()
+    """Whether ``registered_name`` is one of our readers (also as ``fairclip.<Name>``, see fairclip.plugin)."""
+    from fairclip.config import unaliased
+
+    return unaliased(registered_name) in DATASET_KEYS.values()
 
 
 def key_for(registered_name):
-    """Config stem of a registered reader: ``key_for("StanfordCars") == "stanford_cars"``. A dataset that
-    is not ours (registered by a host checkout) is its own key."""
+    """Config stem of a registered reader: ``key_for("StanfordCars") == "stanford_cars"`` (also for
+    ``fairclip.StanfordCars``). A dataset that is not ours (registered by a host checkout) is its own key.
+    (A host's own reader under one of our names, e.g. CoOp's ``OxfordPets``, gets our key: the same
+    dataset, class names and texts.)"""
+    from fairclip.config import unaliased
+
     for key, name in DATASET_KEYS.items():
-        if name == registered_name:
+        if name == unaliased(registered_name):
             return key
     return registered_name
 

@@ -17,6 +17,15 @@ from yacs.config import CfgNode as CN
 
 from fairclip.toolbox.errors import UserError
 
+# fairclip.plugin registers our trainer/reader as "fairclip.<Name>" where a host checkout holds <Name>.
+ALIAS_PREFIX = "fairclip."
+
+
+def unaliased(name):
+    """A registered trainer/reader name without the plugin's ``fairclip.`` prefix (results, keys, configs)."""
+    name = str(name)
+    return name[len(ALIAS_PREFIX):] if name.startswith(ALIAS_PREFIX) else name
+
 
 class RunConfig(CN):
     """A yacs ``CfgNode`` root that finds per-dataset overrides and records the files it merges."""
@@ -138,6 +147,6 @@ def config_name(cfg):
     if cfg.RUN.CFG_NAME:
         return cfg.RUN.CFG_NAME
     for path in reversed(list(cfg.RUN.CONFIG_FILES)):
-        if osp.basename(osp.dirname(osp.abspath(path))) == cfg.TRAINER.NAME:
+        if osp.basename(osp.dirname(osp.abspath(path))) == unaliased(cfg.TRAINER.NAME):
             return osp.splitext(osp.basename(path))[0]
     return ""
