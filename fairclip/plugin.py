@@ -69,7 +69,8 @@ class _HostFirst:
     def _keep_host(self, name, ours):
         self.register(ALIAS_PREFIX + name, ours)
         KEPT_HOST_NAMES.append(name)
-        print("fairclip.plugin: '{}' is the host's; ours is registered as '{}{}'".format(name, ALIAS_PREFIX, name))
+        if not _HostFirst.importing:  # the names found while importing are printed together
+            print("fairclip.plugin: '{}' is the host's; ours is registered as '{}{}'".format(name, ALIAS_PREFIX, name))
 
 
 def _install():
@@ -88,6 +89,9 @@ def _install():
         for name, obj in hook.registry._obj_map.items():
             if getattr(obj, "__module__", "").startswith("fairclip.") and not name.startswith(ALIAS_PREFIX):
                 hook.ours.setdefault(name, obj)
+    if KEPT_HOST_NAMES:
+        print("fairclip.plugin: the host's {} kept their names; ours are registered as {}<name>".format(
+            ", ".join(KEPT_HOST_NAMES), ALIAS_PREFIX))
     default = toolbox.CFG_DEFAULT
     if "FAIR" not in default.TRAINER:
         extend_cfg(default)

@@ -253,3 +253,31 @@ def test_fair_and_zeroshot_run_from_a_coop_style_host(backend, tmp_path, mini_pe
     assert zs["config_files"] == [zs_dataset, zs_method]
     assert zs["trainer"] == "ZeroshotCLIP" and zs["dataset"] == "OxfordPets"
     assert zs["protocol"]["text"] == {"templates": "coop"}
+
+
+def test_plugin_aliases_are_our_datasets_and_trainers():
+    """``fairclip.<Name>`` (the plugin's name for ours where the host holds <Name>) reads as <Name>."""
+    from fairclip import datasets
+    from fairclip.config import unaliased
+
+    assert datasets.key_for("fairclip.OxfordPets") == "oxford_pets" and datasets.is_ours("fairclip.OxfordPets")
+    assert unaliased("fairclip.ZeroshotCLIP") == "ZeroshotCLIP" and unaliased("HostBirds") == "HostBirds"
+    assert datasets.key_for("HostBirds") == "HostBirds" and not datasets.is_ours("HostBirds")
+
+
+def test_a_hosts_dataset_needs_templates_and_descriptions_given():
+    from fairclip import datasets
+    from fairclip.config import get_cfg
+    from fairclip.toolbox.errors import UserError
+
+    cfg = get_cfg()
+    cfg.DATASET.NAME = "HostBirds"
+    for value in ("ensemble", "coop"):
+        cfg.DATASET.TEMPLATES = value
+        with pytest.raises(UserError, match="'HostBirds' is not one of ours.*set DATASET.TEMPLATES to 'single' or"):
+            datasets.templates_for(cfg)
+    with pytest.raises(UserError, match="'HostBirds' is not one of our datasets.*set DATASET.DESCRIPTIONS"):
+        datasets.descriptions_path(cfg)
+    cfg.DATASET.TEMPLATES, cfg.DATASET.DESCRIPTIONS = "single", "/some/birds.json"
+    assert datasets.templates_for(cfg) == ["a photo of a {}."]
+    assert datasets.descriptions_path(cfg) == "/some/birds.json"
