@@ -152,6 +152,15 @@ def test_coop_templates_give_coops_prompt_for_every_dataset():
         assert [fill_template(t, c) for t in ours for c in names] == coop_prompts(template, names), name
 
 
+def test_results_table_names_the_template_set():
+    from fairclip.tools.results_table import _text_sources
+
+    runs = [{"dataset": "DescribableTextures", "protocol": {"text": {"templates": "coop"}}}]
+    assert _text_sources(runs) == "templates=coop (CoOp's per-dataset prompt)"
+    runs[0]["protocol"]["text"]["templates"] = "/my/templates.json"
+    assert _text_sources(runs) == "templates=/my/templates.json"
+
+
 def test_zeroshot_clip_with_coop_embeds_coops_dtd_prompts(mini_dtd, tiny_clip, tmp_path):
     from fairclip.clip_backbone.text import encode_texts
 
