@@ -10,7 +10,8 @@ real dataset ships one). ``--no-split-json`` leaves the split files out, so the 
 path (building the split from the annotations) runs. The ImageNet test sets (``imagenet_a``, ``_r``,
 ``_sketch``, ``_v2``; evaluation only, not built by default) carry the class names and wnids of the
 miniature ImageNet; A and R hold every other class of a twice larger ImageNet, a subset as the real ones
-(200 of 1,000). Importable: ``make_<key>(root, ...)``.
+(200 of 1,000), so an ImageNet tree built with twice their ``--classes`` knows all their classes.
+Importable: ``make_<key>(root, ...)``.
 """
 import argparse
 import hashlib
