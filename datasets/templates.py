@@ -12,6 +12,21 @@ from fairclip.toolbox.errors import UserError
 
 TEMPLATES_KEY = "DATASET.TEMPLATES"
 SINGLE_TEMPLATE = "a photo of a {}."
+# One hand-written template per dataset: the prompts of CoOp's zero-shot baseline and of UPL's pseudo-labels
+# (their CUSTOM_TEMPLATES). Datasets they did not use take the first template of their CLIP list.
+COOP_TEMPLATES = {
+    "oxford_pets": "a photo of a {}, a type of pet.",
+    "oxford_flowers": "a photo of a {}, a type of flower.",
+    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
+    "dtd": "{} texture.",
+    "eurosat": "a centered satellite photo of {}.",
+    "stanford_cars": "a photo of a {}.",
+    "food101": "a photo of {}, a type of food.",
+    "sun397": "a photo of a {}.",
+    "caltech101": "a photo of a {}.",
+    "ucf101": "a photo of a person doing {}.",
+    "imagenet": "a photo of a {}.",
+}
 TEMPLATES = {}
 TEMPLATES["oxford_pets"] = [
     'a photo of a {}, a type of pet.',
@@ -252,10 +267,15 @@ TEMPLATES["synthetic"] = ["a photo of a {}.", "a photo of the {}."]
 
 def get_templates(value, key):
     """Templates for dataset ``key`` under ``DATASET.TEMPLATES = value``: "ensemble" (the dataset's
-    list), "single" (``SINGLE_TEMPLATE``) or the path of a JSON list of strings containing "{}"."""
+    list), "coop" (the dataset's hand-written template, ``COOP_TEMPLATES``), "single"
+    (``SINGLE_TEMPLATE``) or the path of a JSON list of strings containing "{}"."""
     value = str(value).strip()
     if value == "single":
         return [SINGLE_TEMPLATE]
+    if value == "coop":
+        if key in COOP_TEMPLATES:
+            return [COOP_TEMPLATES[key]]
+        return get_templates("ensemble", key)[:1]
     if value == "ensemble":
         if key not in TEMPLATES:
             raise UserError("{} = ensemble: no template list for dataset '{}' (known: {}); use 'single' or a "
