@@ -28,7 +28,8 @@ import types
 import torch
 
 from fairclip.tools.parity import _inputs
-from fairclip.tools.parity._common import ParityReport, build_parser, check_reference, git_commit, reference_on_path, run
+from fairclip.tools.parity._common import (ParityReport, build_parser, check_reference, git_commit,
+                                           reference_on_path, run)
 
 SCRIPT = "classify_imagenet.py"
 REF_MODULES = ("clip", "imagenetdataset", "imagenet_prompts", "imagenet_classnames")
@@ -117,7 +118,8 @@ def main(argv=None):
 
         ours = _inputs.build_our_trainer("CuPL", args, work)
         ours_full = _inputs.build_our_trainer("CuPL", args, work, "TRAINER.CUPL.ADD_TEMPLATES", "True")
-        ours_base = _inputs.build_our_trainer("ZeroshotCLIP", args, work, "DATASET.TEMPLATES", ours.cfg.DATASET.TEMPLATES)
+        ours_base = _inputs.build_our_trainer("ZeroshotCLIP", args, work,
+                                              "DATASET.TEMPLATES", ours.cfg.DATASET.TEMPLATES)
         items = _inputs.test_items(ours, args.images)
         namespace, images = run_reference(ref, osp.join(work, "reference"), state_dict, items, ours.classnames,
                                           ours.templates(), ours.descriptions())

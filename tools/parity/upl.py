@@ -29,12 +29,14 @@ import collections
 import os.path as osp
 import sys
 import types
+import warnings
 
 import numpy as np
 import torch
 
 from fairclip.tools.parity import _inputs
-from fairclip.tools.parity._common import ParityReport, build_parser, check_reference, git_commit, reference_on_path, run
+from fairclip.tools.parity._common import (ParityReport, build_parser, check_reference, git_commit,
+                                           reference_on_path, run)
 
 REF_MODULES = ("trainers", "clip", "datasets", "configs", "evaluation", "upl_train")
 RECIPE = osp.join("configs", "trainers", "UPLTrainer", "rn50_ep50.yaml")
@@ -50,7 +52,9 @@ def _old_python_modules():
     """Empty stand-ins for modules UPL imports but never uses, when this Python no longer has them."""
     for name in ("imp", "tkinter.tix"):
         try:
-            __import__(name)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # both warn that they are deprecated
+                __import__(name)
         except ImportError:
             sys.modules[name] = types.ModuleType(name)
             if name == "tkinter.tix":
@@ -109,9 +113,11 @@ def round_tol(x):
 
 def lr_trace(optimizer, scheduler, epochs):
     trace = []
-    for _ in range(epochs):
-        trace.append(optimizer.param_groups[0]["lr"])
-        scheduler.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stepping a schedule without training steps is the point here
+        for _ in range(epochs):
+            trace.append(optimizer.param_groups[0]["lr"])
+            scheduler.step()
     return torch.tensor(trace, dtype=torch.float64)
 
 
@@ -146,7 +152,8 @@ def main(argv=None):
             text_ours = ours.class_embeddings().cpu()
 
         _old_python_modules()
-        with _inputs.restore_modules(REF_MODULES), reference_on_path(ref, REF_MODULES), _inputs.on_path([args.dassl]), _scheduler_accepts_verbose():
+        with _inputs.restore_modules(REF_MODULES), reference_on_path(ref, REF_MODULES), \
+                _inputs.on_path([args.dassl]), _scheduler_accepts_verbose():
             try:
                 import trainers.upltrainer as module
                 from trainers.utils import select_top_k_similarity_per_class
@@ -156,7 +163,11 @@ def main(argv=None):
                 raise UserError("cannot import {}/trainers/upltrainer.py ({}); pass --dassl /path/to/Dassl.pytorch"
                                 .format(ref, exc)) from None
             cfg = reference_cfg(ref, ours.cfg)
+            if cfg.DATASET.NAME not in module.CUSTOM_TEMPLATES:
+                print("note: UPL has no template for {}; ours ({!r}) is added to its CUSTOM_TEMPLATES".format(
+                    cfg.DATASET.NAME, ours.pseudo_templates()[0]))
             module.CUSTOM_TEMPLATES.setdefault(cfg.DATASET.NAME, ours.pseudo_templates()[0])
+            template_ref = module.CUSTOM_TEMPLATES[cfg.DATASET.NAME]
             try:
                 from dassl.data.transforms import build_transform as dassl_transform
 
@@ -214,6 +225,7 @@ def main(argv=None):
 
         if ref_tfm is not None:
             report.tensors("train images: ours vs Dassl's test transform", train_images, ref_images, args.atol)
+        _inputs.compare_sets(report, "pseudo-label template", ours.pseudo_templates(), [template_ref])
         report.tensors("zero-shot train probabilities", probs_ours, probs_ref, args.atol)
         rows, labels = select_top_k_per_class(probs_ref, k)
         _inputs.compare_sets(report, "top-{} set, same probabilities".format(k),

@@ -30,7 +30,8 @@ import torch
 import yaml
 
 from fairclip.tools.parity import _inputs
-from fairclip.tools.parity._common import ParityReport, build_parser, check_reference, git_commit, reference_on_path, run
+from fairclip.tools.parity._common import (ParityReport, build_parser, check_reference, git_commit,
+                                           reference_on_path, run)
 
 REF_MODULES = ("clip", "helper", "utils", "my_datasets", "main")
 

@@ -27,7 +27,8 @@ import types
 import torch
 
 from fairclip.tools.parity import _inputs
-from fairclip.tools.parity._common import ParityReport, build_parser, check_reference, git_commit, reference_on_path, run
+from fairclip.tools.parity._common import (ParityReport, build_parser, check_reference, git_commit,
+                                           reference_on_path, run)
 
 REF_MODULES = ("trainers", "clip", "datasets")
 
@@ -82,6 +83,9 @@ def run_reference(module, cls_name, state_dict, our_cfg, classnames, images, tem
     model = _inputs.reference_clip_model(state_dict)
     cls = getattr(module, cls_name)
     custom = dict(module.CUSTOM_TEMPLATES)
+    if our_cfg.DATASET.NAME not in custom and cls_name == "ZeroshotCLIP":
+        print("note: CoOp has no template for {}; ours ({!r}) is added to its CUSTOM_TEMPLATES".format(
+            our_cfg.DATASET.NAME, template))
     custom.setdefault(our_cfg.DATASET.NAME, template)
     shims = [(module, "load_clip_to_cpu", lambda cfg: model), (module, "CUSTOM_TEMPLATES", custom)]
     if "templates" in vars(cls):
@@ -142,6 +146,8 @@ def main(argv=None):
             loaded, labels = loader_images(ours, len(items))
             if torch.equal(labels, torch.tensor([i.label for i in items])):
                 report.tensors("images: our test loader vs Dassl's", loaded, ref_images, args.atol)
+            else:
+                print("note: our test loader does not yield the split in order; its images are not compared")
         compare(report, args.atol, "ZeroshotCLIP", ours, *single, images)
 
         tmpl_file = osp.join(work, "coop_ensemble.json")

@@ -10,7 +10,7 @@ from imagenetdataset import ImagenetDataset
 
 PATH_TO_IMAGENET = "../val"
 PATH_TO_PROMPTS = "./imagenet_prompts/CuPL_image_prompts.json"
-WRONG = os.environ.get("FAIRCLIP_PARITY_STUB_WRONG") == "1"
+WRONG = os.environ.get("PARITY_STUB_BREAK") == "1"
 
 model, preprocess = clip.load("ViT-L/14")
 model.eval()

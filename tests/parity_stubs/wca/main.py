@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from torchvision import datasets
 from torchvision.transforms import v2 as T
 
-WRONG = os.environ.get("FAIRCLIP_PARITY_STUB_WRONG") == "1"
+WRONG = os.environ.get("PARITY_STUB_BREAK") == "1"
 
 
 def main(dataset_name="imagenet", num_workers=4, seed=42, device="cuda"):

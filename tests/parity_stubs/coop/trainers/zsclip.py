@@ -4,7 +4,7 @@ import os
 from clip import clip  # OpenAI's package: this stand-in has no clip folder of its own
 
 CUSTOM_TEMPLATES = {"DescribableTextures": "{} texture.", "OxfordPets": "a photo of a {}, a type of pet."}
-WRONG = os.environ.get("FAIRCLIP_PARITY_STUB_WRONG") == "1"
+WRONG = os.environ.get("PARITY_STUB_BREAK") == "1"
 
 
 def load_clip_to_cpu(cfg):

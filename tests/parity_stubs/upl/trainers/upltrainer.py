@@ -75,7 +75,8 @@ class UPLTrainer:
         for name, param in self.model.named_parameters():
             param.requires_grad_("prompt_learner" in name)
         optim = build_optimizer(self.model.prompt_learner, self.cfg.OPTIM)
-        self.register_model("prompt_learner", self.model.prompt_learner, optim, build_lr_scheduler(optim, self.cfg.OPTIM))
+        sched = build_lr_scheduler(optim, self.cfg.OPTIM)
+        self.register_model("prompt_learner", self.model.prompt_learner, optim, sched)
 
     def register_model(self, name, model, optim, sched):
         self._models[name], self._optims[name], self._scheds[name] = model, optim, sched

@@ -1,7 +1,7 @@
 """Stand-in for UPL's trainers/utils.py: the top-K-per-class selection."""
 import os
 
-WRONG = os.environ.get("FAIRCLIP_PARITY_STUB_WRONG") == "1"
+WRONG = os.environ.get("PARITY_STUB_BREAK") == "1"
 
 
 def select_top_k_similarity_per_class(outputs, img_paths, K=1, image_features=None, is_softmax=True):
