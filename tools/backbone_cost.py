@@ -1,7 +1,8 @@
 """What each CLIP backbone costs: GFLOPs of a forward pass and the memory a training step holds, per image.
 
     python -m tools.backbone_cost                 # the stored figures and the memory table of docs/speed.md
-    python -m tools.backbone_cost --measure       # recompute the figures (CPU, about a minute)
+    python -m tools.backbone_cost --measure       # recompute the figures (CPU; minutes per backbone, and
+                                                  # ViT-L/14@336px needs about 16 GB of host memory)
 
 ``ARCHITECTURES`` lists OpenAI CLIP's published shapes (the dimensions ``clip.model.build_model`` reads off
 each checkpoint). ``FIGURES`` stores what ``--measure`` found for each:
@@ -51,14 +52,14 @@ FIGURES = {
                  "text_saved_mb": {"fp32": 25.5, "bf16": 14.6}, "nograd_peak_mb": {"fp32": 1.3, "bf16": 0.7},
                  "params_m": 151.3, "visual_params_m": 87.8},
     "ViT-B/16": {"image_gflops": 35.13, "text_gflops": 5.96, "saved_mb": {"fp32": 98.3, "bf16": 56.1},
-                 "text_saved_mb": {"fp32": 0, "bf16": 0}, "nograd_peak_mb": {"fp32": 0, "bf16": 0},
-                 "params_m": 0, "visual_params_m": 86.2},
+                 "text_saved_mb": {"fp32": 25.5, "bf16": 14.6}, "nograd_peak_mb": {"fp32": 8.8, "bf16": 4.4},
+                 "params_m": 149.6, "visual_params_m": 86.2},
     "ViT-L/14": {"image_gflops": 162.03, "text_gflops": 13.30, "saved_mb": {"fp32": 339.8, "bf16": 194.2},
-                 "text_saved_mb": {"fp32": 0, "bf16": 0}, "nograd_peak_mb": {"fp32": 0, "bf16": 0},
-                 "params_m": 0, "visual_params_m": 304.0},
+                 "text_saved_mb": {"fp32": 38.2, "bf16": 21.9}, "nograd_peak_mb": {"fp32": 15.1, "bf16": 7.5},
+                 "params_m": 427.6, "visual_params_m": 304.0},
     "ViT-L/14@336px": {"image_gflops": 381.92, "text_gflops": 13.30, "saved_mb": {"fp32": 762.9, "bf16": 436.1},
-                       "text_saved_mb": {"fp32": 0, "bf16": 0}, "nograd_peak_mb": {"fp32": 0, "bf16": 0},
-                       "params_m": 0, "visual_params_m": 304.3},
+                       "text_saved_mb": {"fp32": 38.2, "bf16": 21.9}, "nograd_peak_mb": {"fp32": 36.1, "bf16": 18.0},
+                       "params_m": 427.9, "visual_params_m": 304.3},
 }
 
 
@@ -219,15 +220,63 @@ def largest_batch(backbone, trainer, views, prec="fp32", budget_gib=72.0, **kwar
     return batch
 
 
+TABLE_CLASSES = 500  # UPL's prompts: the most classes of the 13 benchmarks (Birdsnap)
+
+
+def config_memory(trainer, cfg_name, num_classes=TABLE_CLASSES):
+    """``{batch, fp32, bf16, largest}`` for ``configs/trainers/<trainer>/<cfg_name>.yaml``: its train batch (or
+    test batch for the training-free methods), the estimated peak GiB in fp32 and bf16, and the largest
+    power-of-two batch whose fp32 estimate stays within 72 GiB (None for the training-free methods and UPL)."""
+    import os.path as osp
+
+    from fairclip.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "configs", "trainers", trainer,
+                                 cfg_name + ".yaml"))
+    backbone = cfg.MODEL.BACKBONE.NAME
+    test_views = 1 + cfg.TRAINER.WCA.N_CROPS if trainer == "WCA" else 1
+    kwargs = dict(test_batch=cfg.DATALOADER.TEST.BATCH_SIZE, test_views=test_views, num_classes=num_classes,
+                  input_size=max(cfg.INPUT.SIZE))
+    views = STEP_VIEWS[trainer](cfg) if trainer in STEP_VIEWS else None
+    batch = cfg.DATALOADER.TRAIN_X.BATCH_SIZE if views else cfg.DATALOADER.TEST.BATCH_SIZE
+    return {"backbone": backbone, "batch": batch, "test_views": test_views,
+            "fp32": estimate_peak_gib(backbone, trainer, batch, "fp32", views, **kwargs),
+            "bf16": estimate_peak_gib(backbone, trainer, batch, "bf16", views, **kwargs),
+            # UPL: the image batch runs without gradient; its memory is the text side (all classes each step)
+            "largest": largest_batch(backbone, trainer, views, "fp32", **kwargs) if views and views[0] else None}
+
+
+def memory_table(trainers=("ZeroshotCLIP", "CuPL", "WCA", "UPL", "MUST", "DPA", "FAIR"),
+                 cfg_names=("vit_b32", "vit_b16", "vit_l14", "rn50")):
+    """The markdown table of docs/speed.md ("Memory per backbone")."""
+    lines = ["| trainer | batch | " + " | ".join("`{}`".format(c) for c in cfg_names) + " |",
+             "|---|---|" + "---|" * len(cfg_names)]
+    for trainer in trainers:
+        cells = [config_memory(trainer, c) for c in cfg_names]
+        batch = "test {}{}".format(cells[0]["batch"], " x {} views".format(cells[0]["test_views"])
+                                   if cells[0]["test_views"] > 1 else "") if trainer not in STEP_VIEWS \
+            else "train {}".format(cells[0]["batch"])
+        text = ["{:.1f} / {:.1f}{}".format(c["fp32"], c["bf16"], " (max {})".format(c["largest"]) if c["largest"] else "")
+                for c in cells]
+        lines.append("| {} | {} | {} |".format(trainer, batch, " | ".join(text)))
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--measure", action="store_true", help="recompute the figures (CPU, about a minute)")
+    parser.add_argument("--measure", action="store_true", help="recompute the figures (CPU; minutes per backbone)")
     parser.add_argument("--backbones", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    figures = {name: measure(name) for name in args.backbones} if args.measure else FIGURES
-    json.dump({k: figures[k] for k in args.backbones}, sys.stdout, indent=1)
-    print()
+    if args.measure:
+        for name in args.backbones:  # one at a time, so a long measurement shows progress
+            print(json.dumps({name: measure(name)}), flush=True)
+        return 0
+    json.dump({k: FIGURES[k] for k in args.backbones}, sys.stdout, indent=1)
+    print("\n\nEstimated peak GPU memory, GiB fp32 / bf16 (max: the largest power-of-two train batch within 72 GiB "
+          "in fp32; UPL at {} classes):\n".format(TABLE_CLASSES))
+    print(memory_table())
     return 0
 
 
