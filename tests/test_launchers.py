@@ -6,13 +6,6 @@ import sys
 
 import pytest
 
-from tests.conftest import run_cli
-
-
-def _run_jobs(*args, env=None):
-    return run_cli([sys.executable, "-m", "tools.run_jobs", *map(str, args)],
-                   env=dict({"OMP_NUM_THREADS": "1"}, **(env or {})))
-
 
 @pytest.fixture(scope="module")
 def two_datasets(tmp_path_factory):
@@ -24,13 +17,20 @@ def two_datasets(tmp_path_factory):
     return root
 
 
-def test_slurm_launcher_runs_a_sweep_through_submitits_local_executor(two_datasets, tiny_clip, tmp_path):
+def test_slurm_launcher_runs_a_sweep_through_submitits_local_executor(two_datasets, tiny_clip, tmp_path, capsys,
+                                                                       monkeypatch):
+    from fairclip.tools.run_jobs import main
+
+    # in this process (the launcher's imports are paid already); the jobs are processes of their own
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # 4 jobs at once on a small machine
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # the launcher prepends the repository
     out = tmp_path / "output"
     sweep = ["--datasets", "oxford_pets", "dtd", "--methods", "zsclip", "cupl", "--data", two_datasets,
-             "--output", out, "--partition", "P", "--gpus-per-job", "1", "--time-min", "10"]
+             "--output", str(out), "--partition", "P", "--gpus-per-job", "1", "--time-min", "10"]
     overrides = ["--", "MODEL.BACKBONE.PATH", tiny_clip, "DATALOADER.NUM_WORKERS", "0"]
-    res = _run_jobs("--launcher", "submitit-local", "--seeds", "1", *sweep, *overrides)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    status = main(["--launcher", "submitit-local", "--seeds", "1", *sweep, *overrides])
+    printed = capsys.readouterr()
+    assert status == 0, printed.out[-3000:] + printed.err[-3000:]
     summary = json.loads((out / "jobs" / "summary.json").read_text())
     assert len(summary) == 4 and all(j["status"] == "done" and j["job_id"] for j in summary)
     for dataset in ("oxford_pets", "dtd"):  # the local launcher's layout and logs
@@ -41,9 +41,8 @@ def test_slurm_launcher_runs_a_sweep_through_submitits_local_executor(two_datase
     assert os.listdir(str(out / "jobs" / "submitit"))  # submitit's pickles and job logs
 
     # the same sweep with a second seed: the finished runs are skipped, only the new ones would be submitted
-    res = _run_jobs("--launcher", "slurm", "--seeds", "1", "2", "--dry-run", "--array", *sweep, *overrides)
-    assert res.returncode == 0, res.stderr[-2000:]
-    lines = res.stdout.splitlines()
+    assert main(["--launcher", "slurm", "--seeds", "1", "2", "--dry-run", "--array", *sweep, *overrides]) == 0
+    lines = capsys.readouterr().out.splitlines()
     assert "8 jobs (4 finished earlier) -> 4 runs as one job array on Slurm partition P: 1 GPU, 10 CPUs, 10 min each" \
         in lines[0]
     assert sum(line.startswith("  skip ") for line in lines) == 4
