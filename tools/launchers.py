@@ -147,7 +147,7 @@ def make_executor(args, params):
         raise _user_error("--launcher {} needs submitit: pip install submitit (requirements.txt lists it)".format(
             args.launcher)) from exc
     cluster = "local" if args.launcher == "submitit-local" else "slurm"
-    if cluster == "slurm" and not _which("sbatch"):
+    if cluster == "slurm" and not (_which("sbatch") and _which("srun")):
         raise _user_error("--launcher slurm: sbatch is not on PATH (run this on a Slurm login node); --dry-run shows "
                         "what would be submitted, --launcher submitit-local runs the same jobs on this machine")
     executor = submitit.AutoExecutor(folder=job_folder(args), cluster=cluster)
