@@ -32,6 +32,7 @@ from tqdm import tqdm
 from fairclip import datasets
 from fairclip.config import check_loader_keys
 from fairclip.clip_backbone import description_bank, load_clip_from_cfg, template_classifier
+from fairclip.clip_backbone.loading import freeze_batchnorm_statistics, visual_architecture
 from fairclip.datasets.common import SkipUnreadableWrapper, eval_split_name
 from fairclip.datasets.decoded_cache import CachedImages, canvas_loader, open_decoded_cache
 from fairclip.datasets.texts import load_descriptions
@@ -507,14 +508,49 @@ def visual_layernorms(clip_model):
     return [m for m in clip_model.visual.modules() if isinstance(m, nn.LayerNorm)]
 
 
-def unfreeze_visual_layernorms(clip_model):
-    """Make only the visual LayerNorms trainable; returns their parameters."""
+def visual_norms(clip_model):
+    """The normalisation layers of CLIP's image tower that the norm-tuning trainers (FAIR, MUST, DPA) train.
+
+    * ViT (ViT-B/32, B/16, L/14...): every LayerNorm (``visual_layernorms``);
+    * ModifiedResNet (RN50, RN101, RN50x4...), which has no LayerNorm: every BatchNorm2d (the stem's three,
+      three per bottleneck and one per downsample branch). The rule for these: **only their affine weight and
+      bias train; the running statistics stay the pretrained ones** (the layers always normalise in eval mode,
+      ``clip_backbone.loading.FrozenStatsBatchNorm2d``), so a BatchNorm plays the part of a LayerNorm's gain
+      and bias and the result does not depend on the batch size.
+    """
+    if visual_architecture(clip_model) == "vit":
+        return visual_layernorms(clip_model)
+    freeze_batchnorm_statistics(clip_model.visual)  # already so when loaded by clip_backbone.load_clip
+    return [m for m in clip_model.visual.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def visual_norms_description(clip_model):
+    """What ``unfreeze_visual_norms`` trains, in words (for logs)."""
+    if visual_architecture(clip_model) == "vit":
+        return "visual LayerNorms"
+    return "visual BatchNorm weights and biases (running statistics frozen)"
+
+
+def unfreeze_visual_norms(clip_model):
+    """Make only the image tower's normalisation layers trainable (``visual_norms``: the LayerNorms of a
+    ViT, the BatchNorm affine parameters of a ResNet); returns their parameters."""
     for p in clip_model.parameters():
         p.requires_grad_(False)
-    params = [p for m in visual_layernorms(clip_model) for p in m.parameters()]
+    norms = visual_norms(clip_model)
+    params = [p for m in norms for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
+    if visual_architecture(clip_model) != "vit":
+        print("ResNet image tower: training the weight and bias of its {} BatchNorm layers ({} parameters); "
+              "their running statistics stay frozen".format(len(norms), sum(p.numel() for p in params)))
     return params
+
+
+def unfreeze_visual_layernorms(clip_model):
+    """Make only the visual normalisation layers trainable; returns their parameters. The LayerNorms of a
+    ViT; on a ResNet tower (no LayerNorm) the BatchNorm affine parameters with frozen running statistics
+    (``unfreeze_visual_norms``, which this name delegates to)."""
+    return unfreeze_visual_norms(clip_model)
 
 
 def peak_memory_mb(device):
