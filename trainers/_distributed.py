@@ -150,6 +150,15 @@ def set_epoch(loader, epoch):
         sampler.set_epoch(epoch)
 
 
+def all_gather_object(obj):
+    """``[obj of rank 0, obj of rank 1, ...]`` (a collective call); ``[obj]`` when not distributed."""
+    if not is_distributed():
+        return [obj]
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
 def gather_cat(tensor):
     """Concatenate a CPU tensor of every rank along dim 0 (lengths may differ); itself when not distributed."""
     if not is_distributed():
