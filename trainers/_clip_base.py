@@ -445,8 +445,8 @@ class ClipTrainer(TrainerX):
     def _write_failure(self, path, folder, exc):
         done = pointer_epoch(folder) if osp.isfile(osp.join(folder, POINTER)) else None
         kept = ("the last good checkpoint ({}, epoch {}) is intact: free space and rerun the same command to "
-                "resume from epoch {}".format(pointer_target(folder), done, done + 1) if done else
-                "no earlier checkpoint of this run exists, so a rerun starts from epoch 1")
+                "resume from epoch {}".format(osp.join(folder, "model.pth.tar-{}".format(done)), done, done + 1)
+                if done else "no earlier checkpoint of this run exists, so a rerun starts from epoch 1")
         return UserError("cannot write checkpoint {} ({}); {}".format(path, describe_os_error(exc), kept))
 
     def resume_model_if_exist(self, directory):

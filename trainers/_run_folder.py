@@ -7,7 +7,8 @@ CoOp checkout get the same guarantees):
 * the folder must be a writable folder (created when missing): else one line;
 * **lock**: an exclusive ``flock`` on ``run.lock`` for the life of the process. A second run in the folder
   stops with one line naming the PID that holds it. The kernel drops the lock when its process dies, so a
-  killed run's folder is taken over by the next run without any clean-up;
+  killed run's folder is taken over by the next run, which deletes the temp files of the killed run's
+  interrupted atomic writes;
 * ``fresh`` (``--fresh``, scripts ``FRESH=1``): the previous run's checkpoints, history, results, TensorBoard
   events and config record are deleted first (its log files are kept);
 * **config record** (training runs): ``run_config.json`` keeps the run's training configuration
@@ -19,6 +20,7 @@ CoOp checkout get the same guarantees):
 Training keys are every config key except those that cannot change the trained weights (``FREE_KEYS`` and
 ``FREE_PREFIXES``: paths, logging, checkpoint frequency, evaluation-only keys, other trainers' nodes).
 """
+import atexit
 import errno
 import fcntl
 import hashlib
@@ -183,10 +185,16 @@ def acquire_lock(folder):
 
 
 def release_lock(folder):
-    """Give up this process's lock on ``folder`` (tests; a finished process releases it by exiting)."""
+    """Give up this process's lock on ``folder`` (a finished process releases it by exiting)."""
     held = _held.pop(osp.realpath(folder), None)
     if held is not None and held[0] == os.getpid():
         held[1].close()
+
+
+@atexit.register
+def _release_all():
+    for folder in list(_held):
+        release_lock(folder)
 
 
 def discard_previous(folder):
@@ -237,11 +245,24 @@ def check_record(cfg, folder):
                        "training_config": current, "config": _flatten(cfg)}, path)
 
 
+def remove_stale_temp_files(folder):
+    """Delete the temp files of atomic writes (``.tmp-*``) a killed run left in ``folder`` and its
+    sub-folders (only while holding the folder's lock: no other writer can be using them)."""
+    for sub in [folder] + [osp.join(folder, d) for d in os.listdir(folder) if osp.isdir(osp.join(folder, d))]:
+        for name in os.listdir(sub):
+            path = osp.join(sub, name)
+            if name.startswith(".tmp-") and osp.isfile(path) and not osp.islink(path):
+                os.remove(path)
+
+
 def prepare(cfg, fresh=False, train=True):
     """Make ``cfg.OUTPUT_DIR`` ready for this run (see the module docstring). Rank 0 only."""
     folder = cfg.OUTPUT_DIR
     check_output_dir(folder)
+    new_holder = osp.realpath(folder) not in _held or _held[osp.realpath(folder)][0] != os.getpid()
     acquire_lock(folder)
+    if new_holder:
+        remove_stale_temp_files(folder)
     if fresh:
         discard_previous(folder)
     if train:
