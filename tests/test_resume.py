@@ -2,8 +2,9 @@
 strict checkpoint loading, one run per folder, only the same run resumes, clean one-line failures.
 
 The fault test kills runs in-process at random points (``FAIRCLIP_FAULT_RUNS`` faults per case, default 2,
-plus a kill while results.json is being written; ``FAIRCLIP_FAULT_SEED`` replays a draw) and once with a
-real ``kill -9``; the resumed run must end with bit-identical weights, metrics and history.
+plus a kill while results.json is being written; ``FAIRCLIP_FAULT_SEED`` replays a draw;
+``FAIRCLIP_FULL_RESUME=1`` adds DPA and UPL) and once with a real ``kill -9``; the resumed run must end with
+bit-identical weights, metrics and history.
 """
 import copy
 import errno
@@ -50,6 +51,8 @@ CASES = {  # (trainer, views) -> extra KEY VALUE pairs
     ("MUST", "never"): ["TEST.FINAL_MODEL", "best_val"],
     ("MUST", "always"): [],
 }
+if os.environ.get("FAIRCLIP_FULL_RESUME"):  # the other trainers that train (slow: not in the default suite)
+    CASES.update({("DPA", "never"): [], ("DPA", "always"): [], ("UPL", "never"): ["TRAINER.UPL.TOPK", "4"]})
 
 
 def opts_for(world, trainer, views, *extra):

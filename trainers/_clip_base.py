@@ -44,6 +44,7 @@ from fairclip.toolbox.io import atomic_torch_save, atomic_write_json, atomic_wri
 
 from . import _checkpoints, _distributed, _run_folder
 from ._gpu_views import DeviceViewLoader, GpuViews, center_view
+from ._losses import RunningMarginal
 from ._pinned_loader import PinnedCenterLoader, use_pinned_center_loader
 from ._results import build_results, write_results
 
@@ -408,13 +409,19 @@ class ClipTrainer(TrainerX):
         self.after_train()
 
     def extra_checkpoint_state(self):
-        """Trainer state outside the registered modules that carries from one epoch to the next (tensors and
-        plain values), saved with every checkpoint; ``load_extra_checkpoint_state`` puts it back on resume.
-        None of the shipped trainers has any (per-epoch statistics are reset by ``before_epoch``)."""
-        return {}
+        """Trainer state outside the registered modules that may carry from one epoch to the next (tensors
+        and plain values), saved with every checkpoint; ``load_extra_checkpoint_state`` puts it back on
+        resume. Here: the value of every ``RunningMarginal`` attribute (the shipped trainers reset theirs in
+        ``before_epoch``, so nothing else carries over). A trainer that adds state extends both (and calls
+        super)."""
+        return {"running_marginals": {name: obj.value for name, obj in vars(self).items()
+                                      if isinstance(obj, RunningMarginal)}}
 
     def load_extra_checkpoint_state(self, state):
-        pass
+        for name, value in (state.get("running_marginals") or {}).items():
+            marginal = getattr(self, name, None)
+            if isinstance(marginal, RunningMarginal):
+                marginal.value = value.to(self.device) if torch.is_tensor(value) else value
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
@@ -476,7 +483,8 @@ class ClipTrainer(TrainerX):
                     obj.load_state_dict(checkpoint[what])
                 except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
                     raise UserError("checkpoint {}: its {} state does not fit this run ({}); pass --fresh "
-                                    "(scripts: FRESH=1) to start afresh".format(path, what, exc)) from exc
+                                    "(scripts: FRESH=1) to start afresh".format(
+                                        path, what, (str(exc).splitlines() or [type(exc).__name__])[0])) from exc
             epochs.append(int(checkpoint["epoch"]))
             run_state = checkpoint[_checkpoints.KEY]["resume"]
             print("Resuming {} from {} ({} epoch(s) done)".format(name, path, epochs[-1]))
@@ -573,8 +581,9 @@ def write_errors(path):
     try:
         yield
     except OSError as exc:
-        raise UserError("cannot write {} ({}); free space or fix the folder's permissions, then rerun the "
-                        "same command (it resumes from the last checkpoint)".format(path, describe_os_error(exc))) from exc
+        raise UserError("cannot write {} ({}); free space or fix the folder's permissions, then rerun the same "
+                        "command (a training run resumes from its last checkpoint)".format(
+                            path, describe_os_error(exc))) from exc
 
 
 def visual_layernorms(clip_model):
