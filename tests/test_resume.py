@@ -49,7 +49,7 @@ CASES = {  # (trainer, views) -> extra KEY VALUE pairs
     ("FAIR", "always"): ["TRAINER.FAIR.N_CROPS", "3", "TRAINER.FAIR.TOP_K", "2", "TRAINER.FAIR.EVAL_EACH_EPOCH",
                          "False"],
     ("MUST", "never"): ["TEST.FINAL_MODEL", "best_val"],
-    ("MUST", "always"): [],
+    ("MUST", "always"): ["DATALOADER.NUM_WORKERS", "1"],  # persistent loader workers on the GPU-view path
 }
 if os.environ.get("FAIRCLIP_FULL_RESUME"):  # the other trainers that train (slow: not in the default suite)
     CASES.update({("DPA", "never"): [], ("DPA", "always"): [], ("UPL", "never"): ["TRAINER.UPL.TOPK", "4"]})

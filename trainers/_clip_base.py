@@ -157,8 +157,10 @@ class ClipTrainer(TrainerX):
             cfg.DATALOADER.DECODED_CACHE_DIR, workers=cfg.DATALOADER.NUM_WORKERS,
             max_unreadable=cfg.DATASET.MAX_UNREADABLE, label="{} {}".format(cfg.DATASET.NAME, split))
         batch = cfg.DATALOADER.TRAIN_X.BATCH_SIZE if is_train else cfg.DATALOADER.TEST.BATCH_SIZE
+        # The train loader shuffles with its own generators (checkpointed), not the global stream.
+        seed = max(int(cfg.SEED), 0) * 1000 + self.rank + 250 if is_train else None
         return canvas_loader(CachedImages(items, cache), batch, is_train, cfg.DATALOADER.NUM_WORKERS,
-                             pin_memory=self.device.type == "cuda", center_square=center_only)
+                             pin_memory=self.device.type == "cuda", center_square=center_only, seed=seed)
 
     def build_gpu_view_loaders(self, dm):
         seed = max(int(self.cfg.SEED), 0) * 1000 + self.rank

@@ -119,6 +119,7 @@ def _rebuild(loader, sampler, drop_last, batch_size=None):
         loader.dataset, batch_size=batch_size or loader.batch_size, sampler=sampler,
         num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
         drop_last=drop_last, persistent_workers=loader.num_workers > 0 and getattr(loader, "persistent_workers", False),
+        generator=getattr(loader, "generator", None),  # the workers' base seed stays off the global stream
     )
 
 
