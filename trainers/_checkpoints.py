@@ -63,6 +63,7 @@ def identity(trainer):
         "trainer": str(cfg.TRAINER.NAME),
         "dataset": str(cfg.DATASET.NAME),
         "num_classes": int(trainer.num_classes),
+        "classnames": [str(c) for c in getattr(trainer, "classnames", [])],
         "subsample_classes": str(cfg.DATASET.SUBSAMPLE_CLASSES),
         "backbone_fingerprint": str(trainer.clip_info["fingerprint"]),
         "world_size": int(getattr(trainer, "world_size", 1)),
@@ -73,7 +74,11 @@ def identity(trainer):
 
 def check_identity(checkpoint, trainer, path, resume):
     """Refuse a checkpoint of another trainer, dataset, class count or backbone (and, when ``resume``, of
-    another training configuration or world size). Returns the training keys that differ (eval-only)."""
+    another training configuration or world size). Returns the training keys that differ (eval-only).
+
+    Evaluation (``resume`` False) may use another dataset when the checkpoint knows every class of this one
+    by name (a test set of the training classes, or of a subset of them), and CoOp's base-to-new protocol
+    (trained on ``SUBSAMPLE_CLASSES base``, tested on ``new``) may change the classes."""
     meta = checkpoint.get(KEY) if isinstance(checkpoint, dict) else None
     ident = meta.get("identity") if isinstance(meta, dict) else None
     if not isinstance(ident, dict) or ident.get("format") != FORMAT or not isinstance(checkpoint.get("state_dict"), dict):
@@ -84,10 +89,15 @@ def check_identity(checkpoint, trainer, path, resume):
     problems = []
     if ident.get("trainer") != mine["trainer"]:
         problems.append("it was trained by {}, this run is {}".format(ident.get("trainer"), mine["trainer"]))
-    if ident.get("dataset") != mine["dataset"]:
-        problems.append("it was trained on {}, this run uses {}".format(ident.get("dataset"), mine["dataset"]))
+    known = set(ident.get("classnames") or [])
+    unknown = [c for c in mine["classnames"] if c not in known]
+    classes_known = not resume and not unknown  # evaluation on (a subset of) the classes it was trained on
     base_to_new = ident.get("subsample_classes") == "base" and mine["subsample_classes"] == "new" and not resume
-    if ident.get("num_classes") != mine["num_classes"] and not base_to_new:
+    if ident.get("dataset") != mine["dataset"] and not classes_known:
+        problems.append("it was trained on {}, this run uses {}{}".format(
+            ident.get("dataset"), mine["dataset"],
+            ", whose classes it does not know (first: {!r})".format(unknown[0]) if unknown else ""))
+    elif ident.get("num_classes") != mine["num_classes"] and not (classes_known or base_to_new):
         problems.append("it has {} classes, this run {}".format(ident.get("num_classes"), mine["num_classes"]))
     if ident.get("backbone_fingerprint") != mine["backbone_fingerprint"]:
         problems.append("it was trained from another CLIP (backbone fingerprint {}, this run {})".format(
