@@ -248,10 +248,10 @@ def compare(report, ours, ref, atol):
         report.tensors(label + " per-sample weights (mean {:.3f})".format(float(o["weights"].mean())), o["weights"],
                        r["weights"], patol)
         report.tensors(label + " weak features (bank)", o["feats"], r["feats"], atol)
-        report.scalar(label + " weighted CE", o["loss_st"], r["loss_st"], atol)
-        report.scalar(label + " class balance", o["loss_bal"], r["loss_bal"], atol)
-        report.scalar(label + " prototype alignment", o["loss_align"], r["loss_align"], atol)
-        report.scalar(label + " loss", o["loss"], r["loss"], atol)
+        scaled(report, label + " weighted CE", o["loss_st"], r["loss_st"], atol)
+        scaled(report, label + " class balance", o["loss_bal"], r["loss_bal"], atol)
+        scaled(report, label + " prototype alignment", o["loss_align"], r["loss_align"], atol)
+        scaled(report, label + " loss", o["loss"], r["loss"], atol)
         r_lrs = {ours_name(n): v for n, v in r["lrs"].items() if ours_name(n)}
         names = common_names(report, label + " trainable parameters", o["lrs"], r_lrs)
         relative(report, label + " lr (every parameter)", [o["lrs"][n] for n in names], [r_lrs[n] for n in names], 1e-6)

@@ -204,8 +204,8 @@ def compare(report, ours, ref, atol):
         report.agreement(label + " confidence mask ({}/{} confident)".format(int(o["mask"].sum()), o["mask"].numel()),
                          o["mask"], r["mask"])
         report.scalar(label + " EMA decay", o["ema_decay"], r["ema_decay"], 1e-12)
-        report.scalar(label + " loss_st (masked CE)", o["loss_st"], r["loss_st"], atol)
-        report.scalar(label + " loss_fair (class balance)", o["loss_fair"], r["loss_fair"], atol)
+        scaled(report, label + " loss_st (masked CE)", o["loss_st"], r["loss_st"], atol)
+        scaled(report, label + " loss_fair (class balance)", o["loss_fair"], r["loss_fair"], atol)
         r_lrs = {ours_name(n): v for n, v in r["lrs"].items() if ours_name(n)}
         names = common_names(report, label + " trainable parameters", o["lrs"], r_lrs)
         relative(report, label + " lr (every parameter)", [o["lrs"][n] for n in names], [r_lrs[n] for n in names], 1e-6)
