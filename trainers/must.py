@@ -221,8 +221,8 @@ class MUST(ClipTrainer):
         self.marginal = RunningMarginal(0.5)
         n_train = sum(p.numel() for p in self.model.student_tensors())
         print("MUST: {} trainable parameters ({} + classifier {}); balance term: {}".format(
-            n_train, "visual LayerNorms" if c.TUNE == "layernorm" else "image tower", tuple(self.model.classifier.shape),
-            self.balance_form))
+            n_train, "visual LayerNorms" if c.TUNE == "layernorm" else "image tower",
+            tuple(self.model.classifier.shape), self.balance_form))
 
     def text_sources(self):
         return {"templates": str(self.cfg.DATASET.TEMPLATES)}

@@ -118,6 +118,22 @@ def legacy_imports(always=("timm", "tensorboardX", "torch._six"), if_missing=("m
 
 
 @contextlib.contextmanager
+def restored_modules(names):
+    """Put back, on exit, the ``sys.modules`` entries of the top-level ``names`` as they were on entry.
+
+    ``reference_on_path`` drops e.g. ``clip`` (the references ship their own) before and after importing
+    a reference; without this, the next ``import clip`` in the same process would load OpenAI's package a
+    second time, with new classes that objects built before no longer match."""
+    saved = {n: m for n, m in sys.modules.items() if n.split(".")[0] in names}
+    try:
+        yield
+    finally:
+        for n in [n for n in sys.modules if n.split(".")[0] in names]:
+            del sys.modules[n]
+        sys.modules.update(saved)
+
+
+@contextlib.contextmanager
 def cpu_synchronize():
     """Without CUDA, ``torch.cuda.synchronize`` (called by the references after every step) does nothing."""
     if torch.cuda.is_available():
@@ -173,12 +189,13 @@ def add_world_arguments(parser, default_batch=8, default_steps=2):
     parser.add_argument("--clip", default="",
                         help="CLIP state dict (default: the synthetic world's tiny CLIP); 'early': the same CLIP after "
                              "only 60 pretraining steps (made once, cached beside the world), whose softer predictions "
-                             "exercise what the final CLIP's near one-hot ones leave trivial (DPA's weights, heads that "
-                             "disagree); 'random': a randomly initialised tiny CLIP (32 px input)")
+                             "exercise what the final CLIP's near one-hot ones leave trivial (DPA's weights, heads "
+                             "that disagree); 'random': a randomly initialised tiny CLIP (32 px input)")
     parser.add_argument("--dataset", default="synthetic",
                         help="dataset config key, configs/datasets/<key>.yaml (default: synthetic)")
     parser.add_argument("--batch-size", type=int, default=default_batch, help="images per step (default %(default)s)")
-    parser.add_argument("--steps", type=int, default=default_steps, help="optimisation steps compared (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=default_steps,
+                        help="optimisation steps compared (default %(default)s)")
     parser.add_argument("opts", nargs=argparse.REMAINDER,
                         help="config KEY VALUE pairs for our trainer (the reference gets the same values)")
     return parser
@@ -193,14 +210,15 @@ def world_paths(args):
     initialised tiny CLIP (``tools/make_tiny_clip.py``, 32 px input, seeded by ``--seed``)."""
     if args.clip == "early":
         if args.root or args.dataset != "synthetic":
-            raise UserError("--clip early is the default synthetic world's CLIP after {} pretraining steps; it takes no "
-                            "--root or --dataset".format(EARLY_STEPS))
+            raise UserError("--clip early is the default synthetic world's CLIP after {} pretraining steps; it "
+                            "takes no --root or --dataset".format(EARLY_STEPS))
         root, final_clip = world_paths(argparse.Namespace(**dict(vars(args), clip="")))
         path = osp.join(osp.dirname(final_clip), "tiny_clip_{}steps.pt".format(EARLY_STEPS))
         if not osp.isfile(path):  # written atomically, so a finished file is whole
             from fairclip.tools.pretrain_tiny_clip import pretrain
 
-            print("parity: pretraining the synthetic world's tiny CLIP for {} steps (once): {}".format(EARLY_STEPS, path))
+            print("parity: pretraining the synthetic world's tiny CLIP for {} steps (once): {}".format(
+                EARLY_STEPS, path))
             pretrain(root, path, steps=EARLY_STEPS, log=lambda *a: None)
         return root, path
     if args.clip == "random":
@@ -214,7 +232,8 @@ def world_paths(args):
     if args.root and args.clip:
         return args.root, args.clip
     if args.dataset != "synthetic" and not (args.root and args.clip):
-        raise UserError("--dataset {}: give --root and --clip (only the synthetic world has defaults)".format(args.dataset))
+        raise UserError("--dataset {}: give --root and --clip (only the synthetic world has defaults)".format(
+            args.dataset))
     try:
         from tests.synthetic_world import build_synthetic_world
     except ImportError as exc:
@@ -286,7 +305,8 @@ def fixed_views(trainer, n_images, seed):
     cfg = trainer.cfg
     items = trainer.dm.dataset.train_x
     if n_images > len(items):
-        raise UserError("--batch-size x --steps = {} images, but the train split has only {}".format(n_images, len(items)))
+        raise UserError("--batch-size x --steps = {} images, but the train split has only {}".format(
+            n_images, len(items)))
     gen = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(items), generator=gen)[:n_images].tolist()
     size = tuple(cfg.INPUT.SIZE)
@@ -392,12 +412,15 @@ def compare_named(report, label, ours, ref, atol, groups, row=None, keep=None):
             continue
         missing = [n for n in names if n not in ours or n not in ref]
         if missing:
-            report.rows.append(("{} {}".format(label, title), "names", "missing {}".format(missing[:3]), "equal", False))
+            report.rows.append(("{} {}".format(label, title), "names", "missing {}".format(missing[:3]), "equal",
+                                False))
             continue
-        masks = [keep[n].reshape(-1) if keep is not None and n in keep else torch.ones(ours[n].numel(), dtype=torch.bool)
-                 for n in names]
+        masks = [keep[n].reshape(-1) if keep is not None and n in keep
+                 else torch.ones(ours[n].numel(), dtype=torch.bool) for n in names]
         skipped = sum(int((~m).sum()) for m in masks)
-        name = "{} {}".format(label, title) + (" ({} noise-level-grad entries left out)".format(skipped) if skipped else "")
+        name = "{} {}".format(label, title)
+        if skipped:
+            name += " ({} noise-level-grad entries left out)".format(skipped)
         (row or report.tensors)(name, torch.cat([ours[n].reshape(-1)[m] for n, m in zip(names, masks)]),
                                 torch.cat([ref[n].reshape(-1)[m] for n, m in zip(names, masks)]), atol)
 
@@ -434,6 +457,7 @@ def lr_trace(optimizer, scheduler, named_params, steps):
     return {n: per_group[:, i] for n, i in where.items()}
 
 
-__all__ = ["legacy_imports", "cpu_synchronize", "quiet", "attribute", "recording", "add_world_arguments",
-           "world_paths", "fp16_exact_copy", "build_ours", "fixed_views", "split_batches", "StepRecorder", "ours_name", "common_names", "map_names",
-           "scaled", "noise_free", "compare_named", "relative", "lr_trace"]
+__all__ = ["legacy_imports", "restored_modules", "cpu_synchronize", "quiet", "attribute", "recording",
+           "add_world_arguments", "world_paths", "fp16_exact_copy", "build_ours", "fixed_views", "split_batches",
+           "StepRecorder", "ours_name", "common_names", "map_names", "scaled", "noise_free", "compare_named",
+           "relative", "lr_trace"]

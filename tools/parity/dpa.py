@@ -27,10 +27,12 @@ import types
 
 import torch
 
-from fairclip.tools.parity._common import ParityReport, build_parser, check_reference, git_commit, reference_on_path, run
-from fairclip.tools.parity._selftraining import (StepRecorder, add_world_arguments, attribute, build_ours, common_names,
-                                        compare_named, cpu_synchronize, fixed_views, legacy_imports, lr_trace, map_names,
-                                        noise_free, ours_name, quiet, relative, scaled, split_batches)
+from fairclip.tools.parity._common import (
+    ParityReport, build_parser, check_reference, git_commit, reference_on_path, run)
+from fairclip.tools.parity._selftraining import (
+    StepRecorder, add_world_arguments, attribute, build_ours, common_names, compare_named, cpu_synchronize,
+    fixed_views, legacy_imports, lr_trace, map_names, noise_free, ours_name, quiet, relative, restored_modules,
+    scaled, split_batches)
 
 MARKER = osp.join("utils", "center.py")
 REF_MODULES = ("clip", "utils", "engine_self_training")
@@ -87,7 +89,8 @@ def run_ours(trainer, batches):
 
 # ---------------------------------------------------------------------------- the reference
 def load_reference(path):
-    with legacy_imports(), reference_on_path(path, REF_MODULES), quiet("importing the DPA reference"):
+    with restored_modules(REF_MODULES), legacy_imports(), reference_on_path(path, REF_MODULES), \
+            quiet("importing the DPA reference"):
         import engine_self_training
         import utils.center
         import utils.model
@@ -165,7 +168,8 @@ def run_reference(ref, trainer, batches, workdir):
             if p.requires_grad:
                 params.append((name, p))
         no_decay = ["bias", "LayerNorm.bias", "LayerNorm.weight"]
-        groups = [{"params": [p for n, p in params if not any(nd in n for nd in no_decay)], "weight_decay": DPA_WEIGHT_DECAY},
+        groups = [{"params": [p for n, p in params if not any(nd in n for nd in no_decay)],
+                   "weight_decay": DPA_WEIGHT_DECAY},
                   {"params": [p for n, p in params if any(nd in n for nd in no_decay)], "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(groups, lr=ns.lr)
         epochs = cfg.OPTIM.MAX_EPOCH
@@ -233,7 +237,8 @@ def compare(report, ours, ref, atol):
     # rounding of the features about 100-fold: their rows get 10 x atol.
     patol = 10 * atol
     report.tensors("text prototypes Z (initial)", ours["text_protos"], ref["text_protos"], atol)
-    report.tensors("image prototypes P (initial, zero-shot bank)", ours["image_protos_init"], ref["image_protos_init"], atol)
+    report.tensors("image prototypes P (initial, zero-shot bank)", ours["image_protos_init"],
+                   ref["image_protos_init"], atol)
     ref_trace = map_names(ref["lr_trace"], ours_name)
     names = common_names(report, "trainable parameters", ours["lr_trace"], ref_trace)
     relative(report, "lr schedule (every step, every parameter)", torch.stack([ours["lr_trace"][n] for n in names]),

@@ -26,10 +26,12 @@ import types
 
 import torch
 
-from fairclip.tools.parity._common import ParityReport, build_parser, check_reference, git_commit, reference_on_path, run
-from fairclip.tools.parity._selftraining import (StepRecorder, add_world_arguments, build_ours, common_names, compare_named,
-                                        cpu_synchronize, fixed_views, legacy_imports, lr_trace, map_names, noise_free,
-                                        ours_name, quiet, relative, scaled, split_batches)
+from fairclip.tools.parity._common import (
+    ParityReport, build_parser, check_reference, git_commit, reference_on_path, run)
+from fairclip.tools.parity._selftraining import (
+    StepRecorder, add_world_arguments, build_ours, common_names, compare_named, cpu_synchronize, fixed_views,
+    legacy_imports, lr_trace, map_names, noise_free, ours_name, quiet, relative, restored_modules, scaled,
+    split_batches)
 
 MARKER = "engine_self_training.py"
 REF_MODULES = ("clip", "model", "ema", "optim_factory", "utils", "engine_self_training", "build_dataset")
@@ -43,8 +45,8 @@ def parse_args(argv=None):
     parser.add_argument("--balance", default="batch", choices=("batch", "running"),
                         help="class-balance form compared: batch mean (MUST below 512 classes) or running mean")
     parser.add_argument("--threshold", type=float, default=0.99,
-                        help="TRAINER.MUST.CONF_THRESHOLD for both sides (default 0.99: the synthetic world's tiny CLIP "
-                             "is so confident that MUST's 0.3-0.7 would mark every sample; 0.99 gives both kinds)")
+                        help="TRAINER.MUST.CONF_THRESHOLD for both sides (default 0.99: the synthetic world's tiny "
+                             "CLIP is so confident that MUST's 0.3-0.7 would mark every sample; 0.99 gives both kinds)")
     add_world_arguments(parser)
     return parser.parse_args(argv)
 
@@ -90,7 +92,8 @@ def run_ours(trainer, batches):
 
 # ---------------------------------------------------------------------------- the reference
 def load_reference(path):
-    with legacy_imports(), reference_on_path(path, REF_MODULES), quiet("importing the MUST reference"):
+    with restored_modules(REF_MODULES), legacy_imports(), reference_on_path(path, REF_MODULES), \
+            quiet("importing the MUST reference"):
         import ema
         import engine_self_training
         import model
@@ -194,7 +197,8 @@ def compare(report, ours, ref, atol):
     relative(report, "lr schedule (every step, every parameter)", torch.stack([ours["lr_trace"][n] for n in names]),
              torch.stack([ref_trace[n] for n in names]), 1e-6)
     if len(ours["steps"]) != len(ref["steps"]):
-        report.rows.append(("steps run", "count", "{} vs {}".format(len(ours["steps"]), len(ref["steps"])), "equal", False))
+        report.rows.append(("steps run", "count", "{} vs {}".format(len(ours["steps"]), len(ref["steps"])), "equal",
+                            False))
     keep = None
     transpose = ("classifier",)  # the reference's classifier is [D, K], ours [K, D]
     for s, (o, r) in enumerate(zip(ours["steps"], ref["steps"])):

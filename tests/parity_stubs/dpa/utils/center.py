@@ -7,7 +7,8 @@ import torch.nn.functional as F
 @torch.no_grad()
 def build_memory(args, model, dataset_name, data_loader, len_dataset, features_shape):
     model.eval()
-    memory = {"features": torch.zeros(len_dataset, features_shape), "labels": -torch.ones(len_dataset, dtype=torch.long)}
+    memory = {"features": torch.zeros(len_dataset, features_shape),
+              "labels": -torch.ones(len_dataset, dtype=torch.long)}
     for inputs, _, idx in data_loader:
         feats = model(inputs[0])
         memory["features"][idx] = feats
