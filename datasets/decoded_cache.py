@@ -1,4 +1,4 @@
-"""Decode-once image cache for the GPU-side views (DESIGN §7).
+"""Decode-once image cache for the GPU-side views (docs/speed.md).
 
 Every image of a split is decoded once with PIL, shrunk so that its shorter side is at most ``side``
 pixels (never enlarged) and kept as uint8 RGB (H, W, 3):
