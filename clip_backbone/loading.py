@@ -16,7 +16,9 @@ import torch
 from fairclip.toolbox.errors import UserError
 
 with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # openai-clip imports pkg_resources, which warns on import
+    # openai-clip imports pkg_resources, which setuptools deprecates with a warning on every import; that
+    # one warning is silenced here, where we import clip, and nothing else is.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     import clip
     from clip.clip import _MODELS, _download
     from clip.model import build_model

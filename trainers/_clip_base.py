@@ -16,6 +16,7 @@
 """
 import contextlib
 import datetime
+import os
 import os.path as osp
 import resource
 import time
@@ -80,6 +81,7 @@ class ClipTrainer(TrainerX):
 
     # ------------------------------------------------------------------ construction
     def build_data_loader(self):
+        cap_num_workers(self.cfg)
         dm = DataManager(
             self.cfg,
             custom_tfm_train=self.custom_train_transform(),
@@ -436,6 +438,30 @@ class ClipTrainer(TrainerX):
         for k, v in record.items():
             if isinstance(v, (int, float)) and k != "epoch":
                 self.write_scalar("epoch/" + k, v, self.epoch + 1)
+
+
+def available_cpus():
+    """The CPUs this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cap_num_workers(cfg):
+    """Lower ``DATALOADER.NUM_WORKERS`` to the CPUs available (more loader processes than CPUs only compete,
+    and torch warns about each loader); says so in one line. Returns the value used."""
+    workers, cpus = int(cfg.DATALOADER.NUM_WORKERS), available_cpus()
+    if workers <= cpus:
+        return workers
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.DATALOADER.NUM_WORKERS = cpus
+    if frozen:
+        cfg.freeze()
+    print("DATALOADER.NUM_WORKERS {} -> {}: this machine lets the run use {} CPU{}".format(
+        workers, cpus, cpus, "s" if cpus != 1 else ""))
+    return cpus
 
 
 def visual_layernorms(clip_model):
