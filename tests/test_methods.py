@@ -161,7 +161,7 @@ def test_unknown_config_keys_get_a_suggestion():
 
     assert message("TRAINER.FAIR.N_CROP").endswith("(did you mean TRAINER.FAIR.N_CROPS?)")
     assert message("optim.max_epoch").endswith("(did you mean OPTIM.MAX_EPOCH?)")
-    assert message("TRAINER.N_CROPS").endswith("(did you mean TRAINER.FAIR.N_CROPS or TRAINER.WCA.N_CROPS?)")
+    assert "(did you mean TRAINER.FAIR.N_CROPS or TRAINER.WCA.N_CROPS" in message("TRAINER.N_CROPS")  # another level
     assert message("DATALOADER.NUM_WORKER").endswith("(did you mean DATALOADER.NUM_WORKERS?)")
     assert "check the spelling" in message("FOO.BAR")
 
