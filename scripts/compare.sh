@@ -117,7 +117,8 @@ done
 
 # ---- table and plots from the results.json files of these methods, datasets and seeds
 # A table of another selection under the same NAME moves aside (never overwritten without a word).
-SELECTION="methods: $METHODS | datasets: $DATASETS | seeds: $SEEDS | cfg: $CFG | metric: $METRIC"
+# shellcheck disable=SC2086
+SELECTION="methods: $METHODS | datasets: $(echo $DATASETS) | seeds: $(echo $SEEDS) | cfg: $CFG | metric: $METRIC"
 if [ -f "$OUTPUT/$NAME.md" ] || [ -f "$OUTPUT/$NAME.csv" ]; then
   EARLIER=$(cat "$OUTPUT/$NAME.selection" 2>/dev/null || echo "not recorded")
   if [ "$EARLIER" != "$SELECTION" ]; then
