@@ -46,10 +46,18 @@ def key_for(registered_name):
 
 
 def descriptions_path(cfg):
-    """The description file a run uses: ``DATASET.DESCRIPTIONS``, or ours for the dataset."""
-    from .texts import default_descriptions_path
+    """The description file a run uses: ``DATASET.DESCRIPTIONS`` (a path, or ``cupl`` for CuPL's files
+    fetched into ``DATASET.ROOT/descriptions/cupl/``), or ours for the dataset when empty."""
+    from .texts import resolve_descriptions
 
-    return cfg.DATASET.DESCRIPTIONS or default_descriptions_path(key_for(cfg.DATASET.NAME))
+    return resolve_descriptions(cfg.DATASET.DESCRIPTIONS, cfg.DATASET.ROOT, key_for(cfg.DATASET.NAME))
+
+
+def description_source(cfg):
+    """``ours``, ``cupl`` or ``file``: where the run's descriptions come from (results.json, tables)."""
+    from .texts import description_source as source
+
+    return source(cfg.DATASET.DESCRIPTIONS, descriptions_path(cfg), key_for(cfg.DATASET.NAME))
 
 
 def templates_for(cfg):

@@ -260,14 +260,19 @@ def _per_method_value(runs, getter):
 
 def _text_sources(runs):
     """The text protocol of a method: key=value where all its runs agree, key=(per dataset) otherwise;
-    our shipped description files read as 'ours'."""
+    descriptions read as their source ('ours' for the shipped files, 'cupl' for CuPL's), a path otherwise."""
     values = OrderedDict()
     for r in runs:
         text = r["protocol"].get("text")
         if not isinstance(text, dict):
             return _per_method_value(runs, lambda run: run["protocol"].get("text"))
+        source = text.get("description_source")
         for key, value in sorted(text.items()):
-            if key == "descriptions" and _is_shipped_description(value, r["dataset"]):
+            if key == "description_source":
+                continue  # shown as the value of "descriptions"
+            if key == "descriptions" and source in ("ours", "cupl"):
+                value = source
+            elif key == "descriptions" and _is_shipped_description(value, r["dataset"]):
                 value = "ours"
             values.setdefault(key, set()).add(_fmt_value(value))
     return "; ".join("{}={}".format(k, next(iter(v)) if len(v) == 1 else "(per dataset)") for k, v in values.items())
