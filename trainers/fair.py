@@ -12,18 +12,20 @@ Self-training of CLIP on unlabelled target images. Per training image:
    ``GAMMA_SCHEDULE`` (constant, linear towards ``GAMMA_END``, or LAS only after a warm-up);
 6. ambiguity weight per sample (``agreement`` of the two heads by default);
 7. loss: weighted CE of the strong view against the anchors + lambda * class-balance term, plus
-   ``LAS_LOSS_WEIGHT`` * weighted CE of the self-trained LAS: the top-k crops chosen in step 4 go through
-   the image tower again, with gradient, and their relevance-weighted composite is scored against the
-   anchors, so the anchors and the LayerNorms also learn from local evidence.
+   ``LAS_LOSS_WEIGHT`` * weighted CE of the self-trained LAS: strong versions of the top-k crops chosen
+   in step 4 go through the image tower with gradient, and their relevance-weighted composite is scored
+   against the anchors, so the anchors and the LayerNorms also learn from local evidence.
 Trained: the visual LayerNorms and the anchors. Inference: the anchors on the centre view (plus LAS
 from test-time crops with ``TRAINER.FAIR.TEST_LAS``). Every reconstructed choice is a key below.
 Train-split labels are read only for the diagnostic accuracies (``diag_*``).
 
-Which crops carry the gradient: the weak image's own local crops, the top-k that LAS selected. Their
-selection and relevance weights exist only for these crops (no second selection pass over crops of the
-strong view, which would cost N more forwards), and the crops are already a geometric augmentation of
-the image (random squares of 0.5-0.9 of its side, none of them the view the pseudo-label's global feature
-came from). Only those k crops per image are re-encoded with gradient.
+Which crops carry the gradient (``LAS_CROP_VIEW``): strong versions of the top-k crops that LAS selected
+on the weak pass: each re-cut at a random sub-square and flipped, on the device. The selection and the
+relevance weights come from the no-grad pass (crops of the strong view would need their own selection
+pass: N more forwards), and only those k crops per image are re-encoded with gradient. Re-encoding the
+selected crops unchanged (``weak``) gives the pseudo-label back to the crops it was computed from: their
+CE is near zero (measured on the synthetic world: 0.05 against 8 for the strong view), so the term would
+teach almost nothing; the re-cut makes it a weak-to-strong consistency term, as the strong global view is.
 
 Speed (docs/speed.md): the views can be made on the GPU (``gpu_train_views``); the no-grad views go
 through one batched forward; the grad-carrying forward (strong view, plus the selected crops when
@@ -85,6 +87,11 @@ def add_config(cfg):
     # Self-trained LAS: weight of the weighted CE of the top-k crop composite (re-encoded with gradient)
     # against the anchors; 0 = LAS is only computed, never trained from crops (costs k grad forwards/image)
     c.LAS_LOSS_WEIGHT = 1.0
+    # Which images of the selected crops carry that gradient: strong = each selected crop re-cut at a random
+    # square of LAS_CROP_SCALE of its area (uniform position) and flipped with p 1/2, on the device;
+    # weak = the selected crops exactly as scored (their CE is near 0: the pseudo-label came from them)
+    c.LAS_CROP_VIEW = "strong"
+    c.LAS_CROP_SCALE = (0.5, 1.0)
     c.MIN_LR = 2e-6  # per-iteration cosine from OPTIM.LR down to MIN_LR (no warm-up)
     # Inference
     c.TEST_LAS = False  # also score test-time crops with LAS (costs N_CROPS forwards per image)
@@ -113,6 +120,24 @@ def fuse_scores(s_fix, las, gamma):
 
 
 GAMMA_SCHEDULES = ("constant", "linear", "las")
+
+
+def jitter_crops(images, scale):
+    """The strong version of local crops ``[M, C, H, W]``: each re-cut at a random square box covering
+    U(``scale``) of its area (uniform position inside it), flipped horizontally with probability 1/2, and
+    resampled back to ``H x W`` (bilinear; the images may be normalised, resampling is linear). Random
+    numbers are drawn on the images' device (no host sync)."""
+    m, device = images.shape[0], images.device
+    lo, hi = float(scale[0]), float(scale[1])
+    side = (lo + (hi - lo) * torch.rand(m, device=device)).sqrt()  # fraction of the crop's side
+    shift_x = (2 * torch.rand(m, device=device) - 1) * (1 - side)  # box centre in [-1, 1] coordinates
+    shift_y = (2 * torch.rand(m, device=device) - 1) * (1 - side)
+    flip = torch.where(torch.rand(m, device=device) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(m, 2, 3, device=device, dtype=images.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = side * flip, shift_x
+    theta[:, 1, 1], theta[:, 1, 2] = side, shift_y
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def gamma_at(schedule, gamma, gamma_end, warmup_epochs, epoch, batch_idx, num_batches, max_epoch):
@@ -195,7 +220,12 @@ class FAIR(ClipTrainer):
         self.check_choices(cfg, {
             "PREC": ("fp32", "bf16"), "ANCHORS": ("class", "description"),
             "WEIGHTING": ("agreement", "margin", "entropy", "none"), "BALANCE": ("batch", "running", "none"),
-            "DESC_WEIGHTING": ("linear", "softmax", "mean"), "GAMMA_SCHEDULE": GAMMA_SCHEDULES})
+            "DESC_WEIGHTING": ("linear", "softmax", "mean"), "GAMMA_SCHEDULE": GAMMA_SCHEDULES,
+            "LAS_CROP_VIEW": ("strong", "weak")})
+        lo, hi = c.LAS_CROP_SCALE
+        if not 0.0 < lo <= hi <= 1.0:
+            raise UserError("TRAINER.FAIR.LAS_CROP_SCALE={} must be (low, high) with 0 < low <= high <= 1 (area "
+                            "fractions of a crop)".format(tuple(c.LAS_CROP_SCALE)))
         if not 1 <= c.TOP_K <= c.N_CROPS:
             raise UserError("TRAINER.FAIR.TOP_K={} must be between 1 and TRAINER.FAIR.N_CROPS={}".format(
                 c.TOP_K, c.N_CROPS))
@@ -342,8 +372,10 @@ class FAIR(ClipTrainer):
         if c.LAS_LOSS_WEIGHT > 0:
             # One grad-carrying forward (through DDP when distributed): the strong view and the selected crops.
             index, crop_w = self._las_pick
-            picked = self.gather_crops(crops, index)
-            feats, class_vectors = self.train_model(torch.cat([strong, picked.flatten(0, 1)]))
+            picked = self.gather_crops(crops, index).flatten(0, 1)
+            if c.LAS_CROP_VIEW == "strong":
+                picked = jitter_crops(picked, c.LAS_CROP_SCALE)
+            feats, class_vectors = self.train_model(torch.cat([strong, picked]))
             strong_feats = feats[:b]
             loss_las = self.las_loss(feats[b:].view(b, index.shape[1], -1), crop_w, pseudo, weights, class_vectors)
         else:
