@@ -245,8 +245,8 @@ def to_markdown(rows, dataset, notes):
              "Mean ± population std over seeds of the last epoch's test accuracy; Δ: difference of the means to "
              "`full` (FAIR's defaults); pseudo-label accuracy and mean pseudo-label weight of the last epoch "
              "(the accuracy reads the train labels: a diagnostic, never a training signal).", "",
-             tabulate(body, headers=header, tablefmt="pipe", colalign=["left", "left", "right", "right", "right",
-                                                                       "right", "right"])]
+             tabulate(body, headers=header, tablefmt="pipe", disable_numparse=True,
+                      colalign=["left", "left", "right", "right", "right", "right", "right"])]
     if notes:
         lines += ["", "Warnings:"] + ["- " + n for n in notes]
     return "\n".join(lines) + "\n"
@@ -297,8 +297,8 @@ def cmd_table(args):
     if args.out:
         atomic_write_text(text, args.out + ".md")
         atomic_write_json({"dataset": args.dataset, "rows": rows}, args.out + ".json")
-        plot(runs, plan, args.dataset, args.out + ".png")
-        print("written: {0}.md, {0}.json, {0}.png".format(args.out))
+        plot(runs, plan, args.dataset, args.out + ".png")  # prints its own "written:" line
+        print("written: {0}.md, {0}.json".format(args.out))
     return 0
 
 

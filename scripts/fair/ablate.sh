@@ -51,7 +51,7 @@ while IFS= read -r line; do
     echo "[ablation $DATASET] $name: same configuration as ${spec[2]} (not run again)"
     continue
   fi
-  echo "[ablation $DATASET] $name: ${spec[*]:2}"
+  echo "[ablation $DATASET] $name: ${spec[*]:2}$([ ${#spec[@]} -gt 2 ] || echo "(defaults)")"
   if ! OUTPUT="$ABL/$name" bash "$REPO/scripts/fair/main.sh" "$DATASET" "$@" "${spec[@]:2}" \
         TRAINER.FAIR.VARIANT "$name" >> "$ABL/logs/$name.log" 2>&1; then
     echo "[ablation $DATASET] $name failed; its log: $ABL/logs/$name.log" >&2
