@@ -258,7 +258,7 @@ def plot(runs, plan, dataset, out):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fairclip.tools.plots import CURVES, _mean_curve, _save
+    from fairclip.tools.plots import CURVES, _accuracy_axis, _epoch_axis, _mean_curve, _save
 
     names = [n for n, item in plan["variants"].items() if not item["same_as"] and runs[n]]
     if not names:
@@ -266,15 +266,21 @@ def plot(runs, plan, dataset, out):
     cmap = plt.get_cmap("tab20")
     fig, axes = plt.subplots(1, len(CURVES), figsize=(13, 4.8), squeeze=False)
     for col, (key, ylabel) in enumerate(CURVES):
-        ax = axes[0][col]
+        ax, seen, values = axes[0][col], set(), []
         for i, name in enumerate(names):
             epochs, stats = _mean_curve(runs[name], key)
             if epochs:
                 ax.plot(epochs, [s[0] for s in stats], marker="os^Dv"[i % 5], ms=4, color=cmap(i % 20),
-                        lw=2.2 if name == REFERENCE else 1.2, label=name)
+                        lw=2.4 if name == REFERENCE else 1.2, label=name, zorder=3 if name == REFERENCE else 2)
+                seen.update(epochs)
+                values += [s[0] for s in stats]
         ax.set_title("{}: {}".format(dataset, ylabel), fontsize=10)
         ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel.split(" (")[0] + " (%)")
         ax.grid(alpha=0.3)
+        if values:
+            _epoch_axis(ax, sorted(seen))
+            _accuracy_axis(ax, min(values), max(values))
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.suptitle("FAIR ablation: mean over seeds per epoch", fontsize=11)
     fig.tight_layout()
