@@ -53,7 +53,8 @@ def test_strong_crops_are_sub_squares_of_the_crop_or_its_mirror():
 
 
 def test_crop_term_gradient_reaches_the_anchors_and_the_layernorms(mini_pets, tiny_clip, tmp_path):
-    trainer = build_seeded(small_fair_cfg(mini_pets, tiny_clip, str(tmp_path / "run")))
+    trainer = build_seeded(small_fair_cfg(mini_pets, tiny_clip, str(tmp_path / "run"), "TRAINER.FAIR.LAS_LOSS_WEIGHT",
+                                          "1.0"))
     trainer.before_epoch()
     trainer.batch_idx = 0
     batch = next(iter(trainer.train_loader_x))
@@ -77,7 +78,7 @@ def test_crop_term_gradient_reaches_the_anchors_and_the_layernorms(mini_pets, ti
     for module in visual_layernorms(trainer.clip_model):
         assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
 
-    # the step's loss includes the term (weight 1 by default) and reports it
+    # the step's loss includes the term (weight 1 here; off by default) and reports it
     trainer.model.zero_grad(set_to_none=True)
     out = trainer.forward_backward(batch)
     assert out["loss_las"] > 0
@@ -134,18 +135,18 @@ def test_ablation_script_end_to_end_two_variants_one_seed(mini_pets, tmp_path):
     opts = ["MODEL.BACKBONE.PATH", clip32, "INPUT.SIZE", "(32, 32)", "OPTIM.MAX_EPOCH", "1", "DATALOADER.NUM_WORKERS",
             "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAINER.FAIR.N_CROPS", "2", "TRAINER.FAIR.TOP_K", "1",
             "TRAINER.FAIR.EVAL_EACH_EPOCH", "False"]
-    env = {"DATA": mini_pets, "OUTPUT": str(out), "SEEDS": "1", "VARIANTS": "las_loss_off", "PYTHON": sys.executable}
+    env = {"DATA": mini_pets, "OUTPUT": str(out), "SEEDS": "1", "VARIANTS": "las_loss_on", "PYTHON": sys.executable}
     res = run_cli(["bash", os.path.join(REPO, "scripts/fair/ablate.sh"), "oxford_pets", *opts], env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     abl = out / "fair_ablation" / "oxford_pets"
-    for name in ("full", "las_loss_off"):
+    for name in ("full", "las_loss_on"):
         result = json.load(open(str(abl / name / "oxford_pets" / "FAIR" / "vit_b32" / "seed1" / "results.json")))
         assert result["protocol"]["variant"] == name
-        assert result["method_keys"]["LAS_LOSS_WEIGHT"] == (0.0 if name == "las_loss_off" else 1.0)
+        assert result["method_keys"]["LAS_LOSS_WEIGHT"] == (1.0 if name == "las_loss_on" else 0.0)
         assert result["protocol"]["text"]["description_source"] == "ours"
         assert {"gamma", "diag_las_head_acc", "diag_fixed_head_acc"} <= set(result["history"][-1])
     table = (abl / "ablation.md").read_text()
-    assert "| full " in table and "| las_loss_off " in table and "LAS_LOSS_WEIGHT 0.0" in table
+    assert "| full " in table and "| las_loss_on " in table and "LAS_LOSS_WEIGHT 1.0" in table
     assert "Δ to full" in res.stdout
     assert (abl / "ablation.png").stat().st_size > 1000
 

@@ -123,8 +123,8 @@ def base_config(dataset, cfg_name, opts):
 
 
 def make_plan(variants, base, path):
-    """``{name: {"keys": [KEY, VALUE, ...], "same_as": REFERENCE or None}}``: a variant whose merged
-    configuration equals the reference's is not run again."""
+    """``{name: {"keys": [KEY, VALUE, ...], "same_as": an earlier variant or None}}``: a variant whose
+    merged configuration equals an earlier one's (the reference's first) is not run again."""
     from fairclip.config import yacs_message
 
     merged = {}
@@ -136,9 +136,11 @@ def make_plan(variants, base, path):
             raise UserError("variants file {}: variant '{}': {}".format(path, name, yacs_message(exc))) from exc
         merged[name] = _flat(cfg)
     plan = OrderedDict()
+    order = [REFERENCE] + [n for n in variants if n != REFERENCE]
     for name, pairs in variants.items():
-        same = name != REFERENCE and merged[name] == merged[REFERENCE]
-        plan[name] = {"keys": [x for pair in pairs for x in pair], "same_as": REFERENCE if same else None}
+        earlier = order[:order.index(name)]
+        same = next((other for other in earlier if merged[other] == merged[name]), None)
+        plan[name] = {"keys": [x for pair in pairs for x in pair], "same_as": same}
     return plan
 
 

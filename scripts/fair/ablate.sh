@@ -11,7 +11,8 @@
 # Trailing KEY VALUE pairs go to every variant (a variant's own keys win). Each variant runs through
 # scripts/fair/main.sh with OUTPUT=$OUTPUT/fair_ablation/DATASET/<variant> and TRAINER.FAIR.VARIANT
 # <variant> (recorded in results.json), so finished seeds are skipped and unfinished ones resume. A variant
-# whose configuration equals `full` is not run again. Logs: $OUTPUT/fair_ablation/DATASET/logs/.
+# whose configuration equals `full`'s (or an earlier variant's) is not run again. Logs in
+# $OUTPUT/fair_ablation/DATASET/logs/.
 # Writes $OUTPUT/fair_ablation/DATASET/ablation.{md,json,png} (table printed too): mean ± std test
 # accuracy, delta to full, final pseudo-label accuracy and mean weight; per-epoch curves per variant.
 # A failing variant does not stop the others; the script reports it and exits 1 at the end.
