@@ -86,7 +86,7 @@ def add_config(cfg):
     c.BALANCE_WEIGHT = 1.0  # lambda
     # Self-trained LAS: weight of the weighted CE of the top-k crop composite (re-encoded with gradient)
     # against the anchors; 0 = LAS is only computed, never trained from crops (> 0 costs k grad forwards
-    # per image, about 1.7x the step). Off by default: on the synthetic world it did not help (docs/fair.md)
+    # per image, about 1.8x the step). Off by default: on the synthetic world it did not help (docs/fair.md)
     c.LAS_LOSS_WEIGHT = 0.0
     # Which images of the selected crops carry that gradient: strong = each selected crop re-cut at a random
     # square of LAS_CROP_SCALE of its area (uniform position) and flipped with p 1/2, on the device;
