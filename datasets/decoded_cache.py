@@ -1,17 +1,22 @@
-"""Decode-once image cache for the GPU-side views (DESIGN §7).
+"""Decode-once image cache for the GPU-side views (docs/speed.md).
 
-Every image of a split is decoded once with PIL, shrunk so that its shorter side is at most ``side``
-pixels (never enlarged) and kept as uint8 RGB (H, W, 3):
+Every image of a split is decoded once (``datasets.common.open_rgb``, as the PIL path decodes it),
+shrunk so that its shorter side is at most ``side`` pixels (never enlarged) and kept as uint8 RGB
+(H, W, 3):
 
 * ``memory``: in this process (forked DataLoader workers share the pages), rebuilt by every run;
 * ``disk``: one flat file read through a memory map, reused by later runs (other seeds, methods).
-  An index JSON beside it holds each image's offset and shape; it is written last, so its presence
-  means the data file is complete. Concurrent builders of the same cache wait on a lock file.
+  An index JSON beside it holds each image's offset and shape and a CRC-32 of every ``CHUNK_BYTES``
+  chunk of the data file; it is written last, so its presence means the data file is complete.
+  Opening the cache verifies every chunk (docs/speed.md gives the cost): a data file changed after it
+  was written (disk fault, another program) is a one-line error naming it, never silently wrong
+  pixels. Concurrent builders of the same cache wait on a lock file.
 
 The key is the split's ordered file list and ``side`` (not the files' contents: delete the cache
-folder after editing images in place). Unreadable images are recorded and, when read, replaced by the
-next readable one, as ``datasets.common.SkipUnreadableWrapper`` does; more of them than
-``DATASET.MAX_UNREADABLE`` allows is an error.
+folder after editing images in place). Unreadable train images are recorded and, when read, replaced
+by the next readable one, as ``datasets.common.SkipUnreadableWrapper`` does; more of them than
+``DATASET.MAX_UNREADABLE`` allows is an error. In a val/test split an unreadable image is always an
+error (the evaluation set is never changed silently).
 """
 import fcntl
 import functools
@@ -20,6 +25,8 @@ import json
 import os
 import os.path as osp
 import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -28,9 +35,10 @@ from PIL import Image
 from fairclip.toolbox.errors import UserError
 from fairclip.toolbox.io import atomic_file, atomic_write_json
 
-from .common import UNREADABLE_ERRORS
+from .common import UNREADABLE_ERRORS, open_rgb, unreadable_eval_message
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-chunk CRC-32 in the index
+CHUNK_BYTES = 4 << 20
 MODES = ("memory", "disk")
 
 
@@ -41,9 +49,7 @@ def default_cache_dir():
 
 def decode_resized(path, side):
     """``uint8 [H, W, 3]`` of ``path`` with the shorter side shrunk to ``side`` (bicubic, antialiased)."""
-    with Image.open(path) as img:
-        img.draft("RGB", (side, side))  # JPEG: decode at a reduced DCT scale that still covers ``side``
-        img = img.convert("RGB")
+    img = open_rgb(path, draft_side=side)  # JPEG: decode at a reduced DCT scale that still covers ``side``
     w, h = img.size
     if min(w, h) > side:
         scale = side / min(w, h)
@@ -119,7 +125,14 @@ def cache_key(paths, side):
     return h.hexdigest()[:16]
 
 
-def _check_unreadable(unreadable, n, max_fraction, label):
+def _check_unreadable(unreadable, paths, max_fraction, label, eval_split=None):
+    n = len(paths)
+    if eval_split and unreadable:
+        i = min(unreadable)
+        reason = unreadable[i]  # "<path> (<reason>)"
+        if reason.startswith(paths[i] + " (") and reason.endswith(")"):
+            reason = reason[len(paths[i]) + 2:-1]
+        raise UserError("{}: {}".format(label or "decoded cache", unreadable_eval_message(eval_split, paths[i], reason)))
     for i, reason in sorted(unreadable.items())[:20]:
         warnings.warn("cannot decode image {} ({}); using another sample instead".format(i, reason))
     if len(unreadable) > max_fraction * n or len(unreadable) == n:
@@ -143,8 +156,46 @@ def _build_in_memory(paths, side, workers):
     return DecodedCache(paths, side, shapes, unreadable, arrays=arrays)
 
 
+class ChunkChecksums:
+    """CRC-32 of each ``chunk`` bytes of a stream written in pieces of any size."""
+
+    def __init__(self, chunk=CHUNK_BYTES):
+        self.chunk, self.sums, self._crc, self._filled = int(chunk), [], 0, 0
+
+    def update(self, data):
+        view = memoryview(data).cast("B")
+        while len(view):
+            take = min(len(view), self.chunk - self._filled)
+            self._crc = zlib.crc32(view[:take], self._crc)
+            self._filled += take
+            view = view[take:]
+            if self._filled == self.chunk:
+                self._close()
+
+    def _close(self):
+        self.sums.append(self._crc)
+        self._crc, self._filled = 0, 0
+
+    def finish(self):
+        if self._filled:
+            self._close()
+        return self.sums
+
+
+def chunk_checksums(data, chunk=CHUNK_BYTES, threads=4):
+    """CRC-32 of each ``chunk`` bytes of ``data`` (a uint8 array or memory map); zlib releases the GIL on
+    large buffers, so chunks are checked on several threads."""
+    view = memoryview(np.ascontiguousarray(data)).cast("B") if len(data) else memoryview(b"")
+    starts = range(0, len(view), chunk)
+    if threads <= 1 or len(starts) < 2:
+        return [zlib.crc32(view[s:s + chunk]) for s in starts]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(lambda s: zlib.crc32(view[s:s + chunk]), starts))
+
+
 def _build_on_disk(paths, side, workers, data_path, index_path):
     shapes, offsets, unreadable, offset = [], [], {}, 0
+    sums = ChunkChecksums()
     with atomic_file(data_path, "wb") as f:
         for i, arr, reason in _decode_all(paths, side, workers):
             offsets.append(offset)
@@ -153,16 +204,31 @@ def _build_on_disk(paths, side, workers, data_path, index_path):
                 shapes.append((0, 0))
                 continue
             arr = np.ascontiguousarray(np.asarray(arr, dtype=np.uint8))
-            f.write(arr.tobytes())
+            f.write(arr.data)
+            sums.update(arr.data)
             shapes.append(arr.shape[:2])
             offset += arr.nbytes
     index = {"version": FORMAT_VERSION, "side": int(side), "count": len(paths), "nbytes": offset,
              "paths": list(paths), "shapes": [list(map(int, s)) for s in shapes], "offsets": offsets,
-             "unreadable": {str(k): v for k, v in unreadable.items()}}
+             "unreadable": {str(k): v for k, v in unreadable.items()},
+             "chunk_bytes": CHUNK_BYTES, "crc32": sums.finish()}
     atomic_write_json(index, index_path, indent=None)  # last: its presence marks a complete cache
 
 
-def _load_from_disk(paths, side, data_path, index_path):
+def verify_checksums(data, index, data_path, fix):
+    """Every chunk of the data file has the CRC-32 its index recorded, else a one-line ``UserError``."""
+    chunk, expected = index.get("chunk_bytes"), index.get("crc32")
+    if not isinstance(chunk, int) or chunk < 1 or not isinstance(expected, list):
+        raise UserError("decoded cache index for {} has no chunk checksums; {}".format(data_path, fix))
+    found = chunk_checksums(data, chunk)
+    bad = [i for i, (a, b) in enumerate(zip(found, expected)) if a != b]
+    if bad or len(found) != len(expected):
+        first = bad[0] if bad else min(len(found), len(expected))
+        raise UserError("decoded cache data {} is corrupt ({} of {} chunks fail their checksum, first at byte {}); "
+                        "{}".format(data_path, len(bad) or 1, len(expected), first * chunk, fix))
+
+
+def _load_from_disk(paths, side, data_path, index_path, verify=True):
     fix = "delete {} and {} to rebuild it".format(index_path, data_path)
     try:
         with open(index_path) as f:
@@ -177,16 +243,21 @@ def _load_from_disk(paths, side, data_path, index_path):
         raise UserError("decoded cache data {} has {} bytes, its index says {}; {}".format(
             data_path, size, index["nbytes"], fix))
     data = np.memmap(data_path, dtype=np.uint8, mode="r") if size > 0 else np.zeros(0, dtype=np.uint8)
+    if verify:
+        verify_checksums(data, index, data_path, fix)
     unreadable = {int(k): v for k, v in index["unreadable"].items()}
     return DecodedCache(paths, side, index["shapes"], unreadable, data=data, offsets=index["offsets"],
                         location=data_path)
 
 
-def open_decoded_cache(paths, side, mode="disk", cache_dir="", workers=0, max_unreadable=0.01, label=""):
+def open_decoded_cache(paths, side, mode="disk", cache_dir="", workers=0, max_unreadable=0.01, label="",
+                       eval_split=None, verify=True):
     """The decoded cache of ``paths`` (built now if needed).
 
     ``mode``: ``memory`` or ``disk`` (``cache_dir`` or ``$FAIRCLIP_CACHE/decoded``); ``workers``: decoding
-    processes; ``label`` names the split in messages (e.g. ``"OxfordPets train"``).
+    processes; ``label`` names the split in messages (e.g. ``"OxfordPets train"``); ``eval_split``: "val" or
+    "test" when ``paths`` is an evaluation split (any unreadable image is then an error); ``verify``: check
+    the chunk checksums of a disk cache (only ``tools/benchmark.py`` turns it off, to measure the cost).
     """
     if mode not in MODES:
         raise UserError("DATALOADER.DECODED_CACHE={!r} is not one of {}".format(mode, ", ".join(MODES)))
@@ -213,8 +284,8 @@ def open_decoded_cache(paths, side, mode="disk", cache_dir="", workers=0, max_un
             if not osp.isfile(index_path):
                 print("Decoding {} images once into {} (shorter side <= {})".format(len(paths), data_path, side))
                 _build_on_disk(paths, side, workers, data_path, index_path)
-        cache = _load_from_disk(paths, side, data_path, index_path)
-    _check_unreadable(cache.unreadable, len(paths), max_unreadable, label)
+        cache = _load_from_disk(paths, side, data_path, index_path, verify=verify)
+    _check_unreadable(cache.unreadable, paths, max_unreadable, label, eval_split)
     return cache
 
 
@@ -299,14 +370,23 @@ def item_fields(items):
     }
 
 
-def canvas_loader(dataset, batch_size, train, workers, pin_memory, center_square=False, prefetch_factor=None):
+def canvas_loader(dataset, batch_size, train, workers, pin_memory, center_square=False, prefetch_factor=None,
+                  seed=None):
     """A DataLoader of ``collate_canvas`` batches over ``dataset`` (a ``CachedImages``): shuffled with full
     batches for training, in order for evaluation; worker processes persist across epochs.
-    ``prefetch_factor``: batches each worker prepares ahead (None: PyTorch's default)."""
+    ``prefetch_factor``: batches each worker prepares ahead (None: PyTorch's default). ``seed``: the shuffle
+    and the workers' base seed come from two generators of their own (seeded ``seed`` and ``seed + 1``),
+    never from the global one: with persistent workers the global stream would be drawn from only when the
+    workers start, which a resumed run does at another epoch (``trainers._checkpoints`` saves both)."""
     extra = {"prefetch_factor": prefetch_factor} if workers > 0 and prefetch_factor else {}
+    shuffle_gen = loader_gen = None
+    if seed is not None:
+        shuffle_gen = torch.Generator().manual_seed(int(seed))
+        loader_gen = torch.Generator().manual_seed(int(seed) + 1)
+    sampler = (torch.utils.data.RandomSampler(dataset, generator=shuffle_gen) if train
+               else torch.utils.data.SequentialSampler(dataset))
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size,
-        sampler=torch.utils.data.RandomSampler(dataset) if train else torch.utils.data.SequentialSampler(dataset),
+        dataset, batch_size=batch_size, sampler=sampler,
         num_workers=workers, collate_fn=functools.partial(collate_canvas, center_square=center_square),
         pin_memory=pin_memory, drop_last=train and len(dataset) >= batch_size, persistent_workers=workers > 0,
-        **extra)
+        generator=loader_gen, **extra)

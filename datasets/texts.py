@@ -79,6 +79,20 @@ def description_source(value, path, key):
     return "file"
 
 
+def read_text(path, what):
+    """The text of ``path`` decoded as UTF-8 (a UTF-8 byte-order mark is dropped). A UTF-16/32 file or bytes
+    that are not UTF-8 (latin-1, cp1252, ...) are a one-line ``UserError`` naming ``what`` and the file."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError("{} {} is UTF-16 text; save it as UTF-8".format(what, path))
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError("{} {} is not UTF-8 text (byte 0x{:02x} at offset {}, e.g. latin-1); save it as "
+                        "UTF-8".format(what, path, raw[exc.start], exc.start)) from None
+
+
 def classnames_path(key):
     return osp.join(CLASSNAMES_DIR, key + ".txt")
 
@@ -109,8 +123,7 @@ def read_classnames_file(path):
     """Read a class-name list (one name per line, label order). Blank lines and duplicates are errors."""
     if not osp.isfile(path):
         raise UserError("class-name list {} does not exist; create it with one class name per line".format(path))
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    lines = read_text(path, "class-name list").split("\n")
     while lines and lines[-1].strip() == "":
         lines.pop()
     names = [line.rstrip("\r") for line in lines]
@@ -147,8 +160,7 @@ def read_description_json(path):
                 path, DESCRIPTIONS_KEY
             )
         )
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path, "description file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -63,6 +63,79 @@ def test_text_features_are_cached_per_model_and_texts(tiny_clip, tmp_path):
     assert len(os.listdir(tmp_path / "text")) == 2  # other texts -> another entry
 
 
+class _PlantsAFile:
+    """A pickle that would create a file when loaded with weights_only=False."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_clips_differing_in_one_text_block_never_share_cached_features(tmp_path):
+    """The cache key covers every text-tower tensor: a CLIP whose text transformer differs in one block
+    gets its own features and its own fingerprint (the one results.json records)."""
+    from fairclip.clip_backbone import encode_texts, load_clip
+    from fairclip.tools.make_tiny_clip import build_tiny_clip
+
+    state = build_tiny_clip().state_dict()
+    torch.save(state, tmp_path / "a.pt")
+    state = dict(state)
+    state["transformer.resblocks.0.mlp.c_fc.weight"] = state["transformer.resblocks.0.mlp.c_fc.weight"] * 1.5
+    torch.save(state, tmp_path / "b.pt")
+    (model_a, info_a), (model_b, info_b) = load_clip(path=str(tmp_path / "a.pt")), load_clip(path=str(tmp_path / "b.pt"))
+    assert info_a["fingerprint"] != info_b["fingerprint"]
+    texts, cache = ["a photo of a cat.", "a photo of a dog."], str(tmp_path / "cache")
+    feats_a = encode_texts(model_a, texts, info_a["fingerprint"], cache)
+    feats_b = encode_texts(model_b, texts, info_b["fingerprint"], cache)  # same texts, same cache folder
+    fresh_b = encode_texts(model_b, texts, info_b["fingerprint"], str(tmp_path / "fresh"))
+    assert torch.equal(feats_b, fresh_b) and not torch.allclose(feats_a, feats_b)
+
+
+def test_weights_are_hashed_once_per_file(tiny_clip, tmp_path):
+    """The fingerprint is kept in a side file under the weights file's path, size and mtime."""
+    from fairclip.clip_backbone import load_clip
+    from fairclip.clip_backbone.loading import FINGERPRINT_FILE, default_cache_dir
+
+    clip_file = tmp_path / "clip.pt"
+    clip_file.write_bytes(open(tiny_clip, "rb").read())
+    real = load_clip(path=str(clip_file))[1]["fingerprint"]
+    index_path = os.path.join(default_cache_dir(), FINGERPRINT_FILE)
+    index = json.load(open(index_path))
+    entry = index["files"][str(clip_file)]
+    assert entry["fingerprint"] == real and entry["size"] == clip_file.stat().st_size
+    entry["fingerprint"] = "planted"
+    json.dump(index, open(index_path, "w"))
+    assert load_clip(path=str(clip_file))[1]["fingerprint"] == "planted"  # read from the side file, not rehashed
+    stat = clip_file.stat()
+    os.utime(clip_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))  # the file changed: hash it again
+    assert load_clip(path=str(clip_file))[1]["fingerprint"] == real
+
+
+def test_damaged_or_foreign_text_cache_is_one_line_and_runs_no_code(tiny_clip, tmp_path):
+    from fairclip.clip_backbone import encode_texts, load_clip
+
+    model, info = load_clip(path=tiny_clip)
+    texts = ["a photo of a cat."]
+    encode_texts(model, texts, info["fingerprint"], str(tmp_path))
+    path = tmp_path / "text" / os.listdir(tmp_path / "text")[0]
+    marker = tmp_path / "code_ran"
+    for content in (os.urandom(path.stat().st_size), None):
+        if content is None:
+            torch.save({"key": "x", "features": _PlantsAFile(str(marker))}, path)
+        else:
+            path.write_bytes(content)
+        with pytest.raises(UserError) as err:
+            encode_texts(model, texts, info["fingerprint"], str(tmp_path))
+        msg = str(err.value)
+        assert str(path) in msg and "delete" in msg and "\n" not in msg
+    assert not marker.exists()
+    torch.save({"key": "another", "features": torch.zeros(1, 4), "sha256": ""}, path)
+    with pytest.raises(UserError, match="stale or foreign"):
+        encode_texts(model, texts, info["fingerprint"], str(tmp_path))
+
+
 @pytest.mark.parametrize("method,trainer", [("zsclip", "ZeroshotCLIP"), ("cupl", "CuPL")])
 def test_zero_shot_scripts_write_results_and_skip_finished_seeds(method, trainer, mini_dtd, tiny_clip, tmp_path):
     out = str(tmp_path / "output")
@@ -119,7 +192,7 @@ def test_bad_command_lines_fail_with_one_line(mini_dtd, tiny_clip, tmp_path, cap
     bad_yaml.write_text("OPTIM:\n  LERNING_RATE: 0.1\n")
     cases = [
         (["--config-file", str(tmp_path / "missing.yaml")], "method config file"),
-        (["--config-file", str(bad_yaml)], "unknown config key 'OPTIM.LERNING_RATE'"),
+        (["--config-file", str(bad_yaml)], "unknown config key 'OPTIM.LERNING_RATE' (check the spelling"),
         (["--config-file", zs_cfg, "OPTIM.LRR", "0.1"], "unknown config key 'OPTIM.LRR'"),
         (["--config-file", zs_cfg, "OPTIM.LR"], "KEY VALUE pairs"),
         (["--config-file", zs_cfg, "OPTIM.LR", "0.1", "--seed", "3"], "option --seed comes after the KEY VALUE"),
@@ -147,7 +220,7 @@ def test_bad_command_lines_fail_with_one_line(mini_dtd, tiny_clip, tmp_path, cap
     # The same through a real process: the exit status and the single line reach the shell.
     res = train_py(*base, "--config-file", zs_cfg, "OPTIM.LRR", "0.1")
     assert res.returncode == 2 and res.stderr.strip() == "ERROR: command-line override: unknown config key " \
-        "'OPTIM.LRR' (check the spelling; keys are listed in the config dump of any run log)"
+        "'OPTIM.LRR' (did you mean OPTIM.LR?)"
 
 
 def test_unknown_dataset_in_script_lists_choices(tmp_path):

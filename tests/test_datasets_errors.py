@@ -100,9 +100,9 @@ def test_too_few_images_for_a_split(tmp_path):
 # --------------------------------------------------------------------------- unreadable images
 @pytest.fixture
 def corrupt_dtd(tmp_path):
-    """A DTD miniature whose first test image is not a JPEG any more."""
+    """A DTD miniature whose first train image is not a JPEG any more."""
     info = BUILDERS["dtd"](tmp_path)
-    bad = osp.join(info["dataset_dir"], "images", info["split"]["test"][0][0])
+    bad = osp.join(info["dataset_dir"], "images", info["split"]["train"][0][0])
     with open(bad, "wb") as f:
         f.write(b"not an image at all")
     return tmp_path, bad
@@ -112,10 +112,10 @@ def test_unreadable_image_is_skipped_and_counted(corrupt_dtd):
     root, bad = corrupt_dtd
     cfg = make_dataset_cfg(root, "dtd", "DATASET.MAX_UNREADABLE", 0.5)
     ds = DATASET_REGISTRY.get("DescribableTextures")(cfg)
-    wrapper = SkipUnreadableWrapper(cfg, ds.test, transform=None)
+    wrapper = SkipUnreadableWrapper(cfg, ds.train_x, transform=None)
     with pytest.warns(UserWarning, match="cannot decode image .*{}".format(osp.basename(bad))):
         outputs = [wrapper[i] for i in range(len(wrapper))]
-    assert len(outputs) == len(ds.test) and bad not in [o["impath"] for o in outputs]
+    assert len(outputs) == len(ds.train_x) and bad not in [o["impath"] for o in outputs]
     assert wrapper.num_unreadable == 1
     again = [wrapper[i]["impath"] for i in range(len(wrapper))]  # reported once, not counted twice
     assert wrapper.num_unreadable == 1 and bad not in again
@@ -125,8 +125,9 @@ def test_too_many_unreadable_images_stop_the_run(corrupt_dtd):
     root, bad = corrupt_dtd
     cfg = make_dataset_cfg(root, "dtd", "DATASET.MAX_UNREADABLE", 0.0)
     ds = DATASET_REGISTRY.get("DescribableTextures")(cfg)
-    wrapper = SkipUnreadableWrapper(cfg, ds.test, transform=None)
-    with pytest.warns(UserWarning), pytest.raises(UserError, match="1 of 3 images cannot be decoded.*MAX_UNREADABLE") as exc:
+    wrapper = SkipUnreadableWrapper(cfg, ds.train_x, transform=None)
+    match = "1 of {} images cannot be decoded.*MAX_UNREADABLE".format(len(ds.train_x))
+    with pytest.warns(UserWarning), pytest.raises(UserError, match=match) as exc:
         for i in range(len(wrapper)):
             wrapper[i]
     assert bad in one_line(exc)
@@ -139,11 +140,11 @@ def test_unreadable_limit_applies_through_dataloader_workers(corrupt_dtd):
     root, bad = corrupt_dtd
     cfg = make_dataset_cfg(root, "dtd", "DATASET.MAX_UNREADABLE", 0.0)
     ds = DATASET_REGISTRY.get("DescribableTextures")(cfg)
-    wrapper = SkipUnreadableWrapper(cfg, ds.test, transform=T.ToTensor())
-    loader = torch.utils.data.DataLoader(wrapper, batch_size=len(ds.test), num_workers=1)
+    wrapper = SkipUnreadableWrapper(cfg, ds.train_x, transform=T.ToTensor())
+    loader = torch.utils.data.DataLoader(wrapper, batch_size=len(ds.train_x), num_workers=1)
     with pytest.raises(TooManyUnreadableImages) as exc:
         list(loader)
-    assert one_line(exc).startswith("1 of 3 images cannot be decoded")
+    assert one_line(exc).startswith("1 of {} images cannot be decoded".format(len(ds.train_x)))
 
 
 # --------------------------------------------------------------------------- tools

@@ -2,6 +2,7 @@
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -49,16 +50,23 @@ class Stub:
         return 200, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode(), {}
 
 
-@pytest.fixture
-def stub():
-    state = Stub()
+def serve(state):
+    """Start a threaded HTTP server answering with ``state.reply``; returns the server (its URL is set on
+    ``state.url``). A reply may also be a callable that writes the raw answer itself."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             state.requests.append((dict(self.headers), body))
             state.paths.append(self.path)
-            status, payload, headers = state.reply(body)
+            reply = state.reply(body)
+            if callable(reply):
+                try:
+                    reply(self)
+                except OSError:  # the client hung up (what a deadline does)
+                    pass
+                return
+            status, payload, headers = reply
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             for k, v in headers.items():
@@ -74,6 +82,13 @@ def stub():
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     state.url = "http://127.0.0.1:{}/v1".format(server.server_address[1])
+    return server
+
+
+@pytest.fixture
+def stub():
+    state = Stub()
+    server = serve(state)
     yield state
     server.shutdown()
     server.server_close()
@@ -254,3 +269,98 @@ def test_parse_completion_rejects_non_text():
 def test_every_dataset_with_a_class_list_has_a_domain():
     missing = [k for k in texts.available_classname_keys() if k not in gd.DOMAINS]
     assert missing == []
+
+
+# --------------------------------------------------------------------------- hostile or broken servers
+def test_redirects_are_refused_and_the_key_never_leaves_the_host(stub, classes_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-123")
+    other = Stub()
+    other_server = serve(other)
+    try:
+        port = other.url.rsplit(":", 1)[1].split("/")[0]
+        elsewhere = "http://localhost:{}/v1/chat/completions".format(port)  # another host name, same machine
+        for code in (302, 307):
+            stub.script = {len(stub.requests) + 1: (code, b"", {"Location": elsewhere})}
+            assert run(stub, classes_file, tmp_path / "out.json") == 2
+            err = capsys.readouterr().err
+            assert "redirects (HTTP {}) to another host, {}".format(code, elsewhere) in err
+            assert "sk-secret-123" not in err and err.count("\n") == 1
+        assert other.requests == []  # nothing, and no key, reached the other host
+    finally:
+        other_server.shutdown()
+        other_server.server_close()
+
+
+def test_the_key_is_never_printed(stub, classes_file, tmp_path, monkeypatch, capsys):
+    def echo_key(handler):  # a server that echoes the request's Authorization header in its error
+        payload = "bad key: {}".format(handler.headers["Authorization"]).encode()
+        handler.send_response(401)
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-123")
+    stub.script = {1: echo_key}
+    assert run(stub, classes_file, tmp_path / "out.json") == 2
+    err = capsys.readouterr().err
+    assert "HTTP 401" in err and "bad key: Bearer ***" in err and "sk-secret" not in err
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_a_trickling_server_is_cut_off_at_the_timeout(stub, classes_file, tmp_path, capsys, where):
+    def trickle(handler):  # one byte every 50 ms: a per-read socket timeout would never fire
+        head = b"HTTP/1.0 200 OK\r\nContent-Length: 10000\r\n\r\n"
+        first, rest = (b"", head) if where == "headers" else (head, b" " * 10000)
+        handler.wfile.write(first)
+        for i in range(len(rest)):
+            handler.wfile.write(rest[i:i + 1])
+            time.sleep(0.05)
+
+    stub.script = {1: trickle}
+    start = time.monotonic()
+    assert run(stub, classes_file, tmp_path / "out.json", "--timeout", "0.6", "--retries", "0") == 2
+    assert time.monotonic() - start < 3
+    err = capsys.readouterr().err
+    assert "no complete reply from {}/chat/completions within --timeout 0.6 s".format(stub.url) in err
+
+
+def test_oversized_and_truncated_replies_are_one_line(stub, classes_file, tmp_path, capsys):
+    big = b"x" * 300000
+
+    def unannounced(handler):  # no Content-Length: the body ends when the connection closes
+        handler.wfile.write(b"HTTP/1.0 200 OK\r\n\r\n" + big)
+
+    def truncated(handler):  # announces 1000 bytes, sends 100, hangs up
+        handler.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"{" * 100)
+
+    cases = [((200, big, {}), "announces 300000 bytes, over --max-reply-bytes 100000"),
+             (unannounced, "exceeds --max-reply-bytes 100000"),
+             (truncated, "incomplete reply from {}/chat/completions after 1 tries (the connection closed after "
+                         "100 bytes, 900 more were announced)".format(stub.url))]
+    for reply, message in cases:
+        stub.script = {len(stub.requests) + 1: reply}
+        assert run(stub, classes_file, tmp_path / "out.json", "--max-reply-bytes", "100000", "--retries", "0") == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_reply_cut_at_the_token_limit_loses_its_unfinished_line():
+    body = {"choices": [{"message": {"content": "One.\nTwo.\nThree is cu"}, "finish_reason": "length"}]}
+    assert gd.parse_completion(json.dumps(body).encode()) == "One.\nTwo."
+    body["choices"][0]["finish_reason"] = "stop"
+    assert gd.parse_completion(json.dumps(body).encode()).endswith("cu")
+
+
+def test_class_names_with_a_comma_can_pass_the_checks(stub, tmp_path):
+    """The subject rule ends at the first comma outside the class name: such classes were impossible, and
+    the error blamed the model."""
+    path = tmp_path / "commas.txt"
+    names = ["pepper, bell", "pepper, chili", "ant"]
+    path.write_text("\n".join(names) + "\n", encoding="utf-8")
+    out = tmp_path / "out.json"
+    assert gd.main(["--dataset", "caltech101", "--classnames", str(path), "--out", str(out), "--endpoint", stub.url,
+                    "--model", "m", "--backoff", "0.01", "--per-class", "3"]) == 0
+    assert cd.check_data(json.loads(out.read_text(encoding="utf-8")), names, min_sentences=3)[0] == []
+    rule = cd.SubjectRule(names)
+    assert rule.problem("A photo of a pepper, bell, glossy.", "pepper, bell") is None
+    assert rule.problem("A photo of a pepper, chili, red.", "pepper, bell") is not None

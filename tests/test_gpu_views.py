@@ -302,6 +302,38 @@ def test_cache_errors_are_one_line_and_say_how_to_fix(tmp_path):
         open_decoded_cache(paths, 32, "disk", str(blocker / "sub"))
 
 
+def test_disk_cache_content_is_checked_on_open(tmp_path):
+    """Random bytes of the right size (or one flipped byte) in the data file: one line naming the file."""
+    paths = _write_images(str(tmp_path), [(50, 40), (40, 60)])
+    folder = str(tmp_path / "cache")
+    open_decoded_cache(paths, 32, "disk", folder)
+    data_file = os.path.join(folder, [f for f in os.listdir(folder) if f.endswith(".u8")][0])
+    good = open(data_file, "rb").read()
+    for bad in (os.urandom(len(good)), good[:100] + bytes([good[100] ^ 1]) + good[101:]):
+        with open(data_file, "wb") as f:
+            f.write(bad)
+        with pytest.raises(UserError) as exc:
+            open_decoded_cache(paths, 32, "disk", folder)
+        msg = str(exc.value)
+        assert "\n" not in msg and data_file in msg and "corrupt" in msg and "delete" in msg
+    with open(data_file, "wb") as f:
+        f.write(good)
+    open_decoded_cache(paths, 32, "disk", folder)  # intact again: opens
+
+
+def test_chunk_checksums_do_not_depend_on_how_the_data_was_written():
+    from fairclip.datasets.decoded_cache import ChunkChecksums, chunk_checksums
+
+    data = np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8)
+    sums = ChunkChecksums(chunk=64)
+    start = 0
+    for size in (1, 63, 64, 65, 200, 7, 600):
+        sums.update(data[start:start + size])
+        start += size
+    assert start == 1000 and sums.finish() == chunk_checksums(data, chunk=64) == chunk_checksums(data, 64, threads=1)
+    assert len(chunk_checksums(data, chunk=64)) == 16
+
+
 def test_canvas_batches_pad_and_record_sizes():
     imgs = [natural_image(30, 20), natural_image(10, 40)]
     batch = collate_canvas([{"img": im, "label": i, "domain": 0, "impath": str(i), "index": i} for i, im in enumerate(imgs)])

@@ -7,8 +7,9 @@
 
 Rules: keys == the class list (label order, no extras); at least MIN_SENTENCES sentences per class; no
 empty or duplicate sentences (within a class or across the dataset); each sentence fits CLIP's 77-token
-context; the subject rule: the text before the first comma names this class (case-insensitive) and no
-other class, unless that other name is part of this class's own name ("crocodile" in "crocodile head").
+context; the subject rule: the text before the first comma (commas inside the class's own name do not
+count) names this class (case-insensitive) and no other class, unless that other name is part of this
+class's own name ("crocodile" in "crocodile head").
 Other names count only as whole words, so "ant" is not found in "giant".
 
 Prints a table per dataset and the first problems in full; exit status 1 if any problem, 2 on bad input.
@@ -60,6 +61,15 @@ def _whole_word_in(name, text):
     return re.search(r"(?<!\w)" + re.escape(name) + r"(?!\w)", text) is not None
 
 
+def subject_of(sentence, own):
+    """The lower-cased text of ``sentence`` before its first comma that is not part of ``own`` (the
+    lower-cased display name of the sentence's class)."""
+    text = sentence.lower()
+    if "," in own:
+        text = text.replace(own, own.replace(",", "\0"))
+    return text.split(",", 1)[0].replace("\0", ",")
+
+
 class SubjectRule:
     """The subject rule for one class list (display names computed once)."""
 
@@ -67,9 +77,10 @@ class SubjectRule:
         self.names = {c: texts.display_name(c).lower() for c in classnames}
 
     def problem(self, sentence, classname):
-        """None when the text before the first comma names ``classname`` and no other class, else why not."""
-        subject = sentence.split(",", 1)[0].lower()
+        """None when the text before the first comma names ``classname`` and no other class, else why not.
+        Commas inside the class's own name ("pepper, bell") do not end the subject."""
         own = self.names[classname]
+        subject = subject_of(sentence, own)
         if own not in subject:
             return "the text before the first comma does not contain the class name {!r}".format(own)
         others = [n for c, n in self.names.items() if c != classname and n not in own and _whole_word_in(n, subject)]

@@ -1,4 +1,4 @@
-"""The ``results.json`` every run writes after its final test (DESIGN §6).
+"""The ``results.json`` every run writes after its final test (docs/results.md).
 
 The table tools read these files only (never logs). Protocol fields make each number's provenance
 explicit: split, epochs, model-selection rule, text sources, world size and global batch.
@@ -8,7 +8,7 @@ import os.path as osp
 
 import torch
 
-from fairclip.config import config_name
+from fairclip.config import config_name, unaliased
 from fairclip.toolbox import BACKEND
 from fairclip.toolbox.io import atomic_write_json
 
@@ -42,6 +42,11 @@ def _method_keys(cfg, node):
     return {k: plain(v) for k, v in sorted(cfg.TRAINER[node].items())}
 
 
+def _skipped(dataset, split):
+    paths = list((getattr(dataset, "skipped_unreadable", None) or {}).get(split, []))
+    return {"count": len(paths), "paths": paths}
+
+
 def build_results(trainer, evaluation):
     from ._clip_base import peak_memory_mb  # local import: _clip_base imports this module
 
@@ -52,9 +57,9 @@ def build_results(trainer, evaluation):
     trained = bool(trainer.get_model_names())
     record = {
         "schema": SCHEMA_VERSION,
-        "dataset": cfg.DATASET.NAME,
+        "dataset": unaliased(cfg.DATASET.NAME),  # fairclip.OxfordPets (plugin alias) is our OxfordPets
         "dataset_key": trainer.dataset_key,
-        "trainer": cfg.TRAINER.NAME,
+        "trainer": unaliased(cfg.TRAINER.NAME),
         "cfg": config_name(cfg),
         "config_files": list(cfg.RUN.CONFIG_FILES),
         "seed": cfg.SEED,
@@ -86,6 +91,10 @@ def build_results(trainer, evaluation):
             "batch_per_process": batch,
             "global_batch": batch * world_size,
             "toolbox_backend": BACKEND,
+            # Val/test images left out because they cannot be decoded (only with DATASET.SKIP_UNREADABLE_EVAL).
+            "skipped_eval_images": _skipped(trainer.dm.dataset, evaluation["split"]),
+            # Duplicated entries per split and test images also in train (datasets.common.inspect_splits).
+            "data_checks": getattr(trainer.dm.dataset, "data_checks", None),
         },
         "timings": {
             "test_images_per_s": evaluation["images_per_s"],
