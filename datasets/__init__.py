@@ -66,16 +66,22 @@ def key_for(registered_name):
 
 
 def descriptions_path(cfg):
-    """The description file a run uses: ``DATASET.DESCRIPTIONS``, or ours for the dataset."""
-    from .texts import DESCRIPTIONS_KEY, default_descriptions_path
+    """The description file a run uses: ``DATASET.DESCRIPTIONS`` (a path, or ``cupl`` for CuPL's files
+    fetched into ``DATASET.ROOT/descriptions/cupl/``), or ours for the dataset when empty."""
+    from .texts import DESCRIPTIONS_KEY, resolve_descriptions
 
-    if cfg.DATASET.DESCRIPTIONS:
-        return cfg.DATASET.DESCRIPTIONS
-    if not is_ours(cfg.DATASET.NAME):
+    if not cfg.DATASET.DESCRIPTIONS and not is_ours(cfg.DATASET.NAME):
         raise UserError("DATASET.NAME {!r} is not one of our datasets, so no descriptions are shipped for it; set "
                         "{} to a CuPL-format JSON file ({{classname: [sentences]}})".format(
                             cfg.DATASET.NAME, DESCRIPTIONS_KEY))
-    return default_descriptions_path(key_for(cfg.DATASET.NAME))
+    return resolve_descriptions(cfg.DATASET.DESCRIPTIONS, cfg.DATASET.ROOT, key_for(cfg.DATASET.NAME))
+
+
+def description_source(cfg):
+    """``ours``, ``cupl`` or ``file``: where the run's descriptions come from (results.json, tables)."""
+    from .texts import description_source as source
+
+    return source(cfg.DATASET.DESCRIPTIONS, descriptions_path(cfg), key_for(cfg.DATASET.NAME))
 
 
 def templates_for(cfg):

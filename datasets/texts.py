@@ -21,6 +21,64 @@ DESCRIPTIONS_DIR = osp.join(HERE, "descriptions")
 DESCRIPTIONS_KEY = "DATASET.DESCRIPTIONS"
 
 
+# CuPL's published GPT-3 descriptions (Pratt et al., ICCV 2023; github.com/sarahpratt/CuPL at the commit
+# below), per dataset key: the file in that repository. ``python -m tools.fetch_descriptions cupl --root
+# DATA`` downloads them and writes ``DATA/descriptions/cupl/<key>.json`` keyed by our class names
+# (``DATASET.DESCRIPTIONS cupl`` reads those). CuPL has no file for EuroSAT, CUB or the synthetic world.
+CUPL_COMMIT = "719619c829792ff8f37298266e941b7f077c7f5c"
+CUPL_BASE_URL = "https://raw.githubusercontent.com/sarahpratt/CuPL/" + CUPL_COMMIT
+CUPL_FILES = {
+    "birdsnap": "all_prompts/full_prompts/bird_prompts_full.json",
+    "caltech101": "all_prompts/full_prompts/cal_prompts_full.json",
+    "dtd": "all_prompts/full_prompts/texture_prompts_full.json",
+    "fgvc_aircraft": "all_prompts/full_prompts/airplane_prompts_full.json",
+    "food101": "all_prompts/full_prompts/food_prompts_full.json",
+    "imagenet": "imagenet_prompts/CuPL_image_prompts.json",
+    "oxford_flowers": "all_prompts/full_prompts/flower_prompts_full.json",
+    "oxford_pets": "all_prompts/full_prompts/pets_prompts_full.json",
+    "resisc45": "all_prompts/full_prompts/res45_prompts_full.json",
+    "stanford_cars": "all_prompts/full_prompts/cars_prompts_full.json",
+    "sun397": "all_prompts/full_prompts/sun_prompts_full.json",
+    "ucf101": "all_prompts/full_prompts/ucf_prompts_full.json",
+}
+CUPL = "cupl"  # the DATASET.DESCRIPTIONS shorthand
+
+
+def cupl_descriptions_path(root, key):
+    """Where ``tools.fetch_descriptions cupl`` writes CuPL's descriptions of dataset ``key`` under ``root``."""
+    return osp.join(root, "descriptions", CUPL, key + ".json")
+
+
+def resolve_descriptions(value, root, key):
+    """The description file of ``DATASET.DESCRIPTIONS`` = ``value`` for dataset ``key`` (data root
+    ``root``): empty = ours, ``cupl`` = CuPL's fetched file (a clear error when CuPL has none or it was not
+    fetched yet), anything else = a path."""
+    if not value:
+        return default_descriptions_path(key)
+    if value != CUPL:
+        return value
+    if key not in CUPL_FILES:
+        raise UserError("{} cupl: CuPL published no descriptions for '{}' (it has: {}); leave {} empty for ours "
+                        "or give a file path".format(DESCRIPTIONS_KEY, key, ", ".join(sorted(CUPL_FILES)),
+                                                     DESCRIPTIONS_KEY))
+    path = cupl_descriptions_path(root, key)
+    if not osp.isfile(path):
+        raise UserError("{} cupl: {} does not exist; fetch CuPL's files once with `python -m "
+                        "tools.fetch_descriptions cupl --root {}` (needs the network)".format(
+                            DESCRIPTIONS_KEY, path, root))
+    return path
+
+
+def description_source(value, path, key):
+    """What a run's descriptions are, for results and tables: ``ours`` (the shipped file), ``cupl`` or
+    ``file`` (any other path)."""
+    if value == CUPL:
+        return CUPL
+    if osp.normpath(osp.abspath(path)) == osp.normpath(default_descriptions_path(key)):
+        return "ours"
+    return "file"
+
+
 def read_text(path, what):
     """The text of ``path`` decoded as UTF-8 (a UTF-8 byte-order mark is dropped). A UTF-16/32 file or bytes
     that are not UTF-8 (latin-1, cp1252, ...) are a one-line ``UserError`` naming ``what`` and the file."""

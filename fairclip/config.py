@@ -206,7 +206,8 @@ def extend_cfg(cfg):
 
     cfg.DATASET.SUBSAMPLE_CLASSES = "all"  # all, base or new (CoOp's base-to-new protocol)
     # Per-class description file ({classname: [sentences]}, CuPL format). Empty: ours, shipped in
-    # datasets/descriptions/<dataset key>.json.
+    # datasets/descriptions/<dataset key>.json; "cupl": CuPL's GPT-3 descriptions, fetched once with
+    # `python -m tools.fetch_descriptions cupl --root DATA` into DATA/descriptions/cupl/.
     cfg.DATASET.DESCRIPTIONS = ""
     # Class-name prompts: "ensemble" (the dataset's CLIP template list), "coop" (CoOp's one zero-shot
     # prompt per dataset), "single" ("a photo of a {}.") or a path to a JSON list of templates with "{}".

@@ -29,8 +29,11 @@ def _free_port():
 
 
 TRAINER_OPTS = {
-    # a softer softmax: both loss terms matter
-    "FAIR": ["TRAINER.FAIR.N_CROPS", str(N_CROPS), "TRAINER.FAIR.TOP_K", "2", "TRAINER.FAIR.LOGIT_SCALE", "10.0"],
+    # a softer softmax: both loss terms matter; the self-trained LAS term on (its grad-carrying crop forward
+    # goes through DDP too) on the selected crops as they are: the strong re-cut draws random numbers in
+    # each process, as the views do, which a fixed batch cannot split between ranks
+    "FAIR": ["TRAINER.FAIR.N_CROPS", str(N_CROPS), "TRAINER.FAIR.TOP_K", "2", "TRAINER.FAIR.LOGIT_SCALE", "10.0",
+             "TRAINER.FAIR.LAS_LOSS_WEIGHT", "1.0", "TRAINER.FAIR.LAS_CROP_VIEW", "weak"],
     # every sample confident (the CE term is non-zero), softer softmax
     "MUST": ["TRAINER.MUST.CONF_THRESHOLD", "0.0", "TRAINER.MUST.LOGIT_SCALE", "10.0"],
 }

@@ -153,6 +153,18 @@ def test_protocol_block_lists_each_method(runs_dir):
     assert "Protocol warnings" not in md
 
 
+def test_text_column_names_the_description_source(runs_dir):
+    """results.json's protocol.text.description_source (ours / cupl / file) is what the text column shows."""
+    for seed in (1, 2):
+        write_result(runs_dir, "CuPL", "dtd", seed, 45.0, text={
+            "templates": "ensemble", "descriptions": "/data/descriptions/cupl/dtd.json", "description_source": "cupl"})
+        write_result(runs_dir, "WCA", "dtd", seed, 46.0, text={
+            "templates": "ensemble", "descriptions": "/my/texts.json", "description_source": "file"})
+    proto = _table(runs_dir)["protocol"]
+    assert "descriptions=cupl" in proto["CuPL"]["text"] and "description_source" not in proto["CuPL"]["text"]
+    assert "descriptions=/my/texts.json" in proto["WCA"]["text"]
+
+
 def test_seeds_that_disagree_on_protocol_are_flagged(runs_dir):
     write_result(runs_dir, "MUST", "dtd", 1, 50.0, epochs=15)
     write_result(runs_dir, "MUST", "dtd", 2, 52.0, epochs=15)

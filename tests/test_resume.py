@@ -47,7 +47,8 @@ def world(tmp_path_factory):
 CASES = {  # (trainer, views) -> extra KEY VALUE pairs
     ("FAIR", "never"): ["TRAINER.FAIR.N_CROPS", "3", "TRAINER.FAIR.TOP_K", "2"],
     ("FAIR", "always"): ["TRAINER.FAIR.N_CROPS", "3", "TRAINER.FAIR.TOP_K", "2", "TRAINER.FAIR.EVAL_EACH_EPOCH",
-                         "False"],
+                         "False",  # with the self-trained LAS term (its device-side re-cut) and a gamma schedule
+                         "TRAINER.FAIR.LAS_LOSS_WEIGHT", "0.5", "TRAINER.FAIR.GAMMA_SCHEDULE", "linear"],
     ("MUST", "never"): ["TEST.FINAL_MODEL", "best_val"],
     ("MUST", "always"): ["DATALOADER.NUM_WORKERS", "1"],  # persistent loader workers on the GPU-view path
 }

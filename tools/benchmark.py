@@ -17,8 +17,11 @@ Timed per model (images/s, ms per step, peak memory):
   fair_step       FAIR.forward_backward fed by its own cache loader (weak, strong, N crops on the device)
   fair_model      the same step on views already on the device
   fair_encoders   its encoder work alone: no-grad forward of B x (1 + N) images, forward + backward of B
+                  (B x (1 + TOP_K) when the configured step has the self-trained LAS term on)
+  fair_las_loss   the fair_model step with the self-trained LAS term on (TRAINER.FAIR.LAS_LOSS_WEIGHT 1; measured
+                  when the configured step has it off, as by default), in alternating rounds with fair_model
 FAIR's non-encoder overhead = fair_model / fair_encoders - 1 (target <= 15%); fair_step / fair_encoders - 1
-adds the data path. The trainers are the real ones, built on a miniature Oxford Pets tree (for their class
+adds the data path; the self-trained LAS term's cost = fair_las_loss / fair_model - 1. The trainers are the real ones, built on a miniature Oxford Pets tree (for their class
 texts) and fed synthetic images decoded once into an in-memory uint8 cache. Weights are random unless
 --weights names a CLIP file (speed does not depend on them). Writes DIR/benchmark.json and DIR/benchmark.md.
 """
@@ -47,7 +50,7 @@ MODELS = ("tiny", "vit-b32", "vit-b16", "vit-l14", "rn50")
 # random weights of the real architectures (tools/backbone_cost.py); the backbone configs' input size is 224 for all
 ARCHITECTURE_OF = {"vit-b32": "ViT-B/32", "vit-b16": "ViT-B/16", "vit-l14": "ViT-L/14", "rn50": "RN50"}
 WORKLOADS = ("decode_once", "pil_views", "gpu_views", "zeroshot", "zeroshot_workers", "zeroshot_model", "must_step", "must_model",
-             "must_encoders", "fair_step", "fair_model", "fair_encoders")
+             "must_encoders", "fair_step", "fair_model", "fair_encoders", "fair_las_loss")
 TRAINER_NODES = {"ZeroshotCLIP": "ZSCLIP", "MUST": "MUST", "FAIR": "FAIR"}
 
 
@@ -278,22 +281,37 @@ def bench_steps(args, trainer, device, workloads, prefix, specs):
     crops = fixed.get("img3")
     no_grad_input = fixed["img"] if crops is None else torch.cat([fixed["img"], crops.flatten(0, 1)])
     strong = fixed["img2"]
+    las_weight = trainer.cfg.TRAINER.FAIR.LAS_LOSS_WEIGHT if prefix == "fair" else 0.0
+    if las_weight > 0:  # the configured step re-encodes TOP_K crops per image with gradient
+        k = trainer.cfg.TRAINER.FAIR.TOP_K
+        strong = torch.cat([strong, crops[:, :k].flatten(0, 1)])
 
     def encoders(_):
         with torch.no_grad():
             trainer.encode_images(no_grad_input)
         trainer.encode_images(strong).sum().backward()  # gradients reach the visual LayerNorms
 
-    model_row, enc_row = prefix + "_model", prefix + "_encoders"
+    model_row, enc_row, las_row = prefix + "_model", prefix + "_encoders", prefix + "_las_loss"
     # The step and its encoders alone are timed in alternating rounds: on a shared machine both see the
-    # same load, and their ratio (the overhead) is the median of the per-round ratios.
-    ratios = []
+    # same load, and their ratio (the overhead) is the median of the per-round ratios. FAIR's step with the
+    # self-trained LAS term alternates with them too.
+    ratios, las_ratios = [], []
     for r in range(args.rounds):
         once = argparse.Namespace(**dict(vars(args), rounds=1, warmup=args.warmup if r == 0 else 0))
         if model_row in workloads:
             result = timed(trainer.forward_backward, repeat(fixed), args.batch, once, device)
             if model_row not in rows or result["ms_per_step"] < rows[model_row]["ms_per_step"]:
                 rows[model_row] = dict(result, data="views already on the device")
+        if las_row in workloads and prefix == "fair" and las_weight == 0:
+            set_fair_key(trainer, "LAS_LOSS_WEIGHT", 1.0)
+            try:
+                with_las = timed(trainer.forward_backward, repeat(fixed), args.batch, once, device)
+            finally:
+                set_fair_key(trainer, "LAS_LOSS_WEIGHT", las_weight)
+            if las_row not in rows or with_las["ms_per_step"] < rows[las_row]["ms_per_step"]:
+                rows[las_row] = dict(with_las, data="views already on the device; LAS_LOSS_WEIGHT 1")
+            if model_row in workloads:
+                las_ratios.append(with_las["ms_per_step"] / result["ms_per_step"])
         if enc_row in workloads:
             result_enc = timed(encoders, repeat(None), args.batch, once, device)
             if enc_row not in rows or result_enc["ms_per_step"] < rows[enc_row]["ms_per_step"]:
@@ -302,6 +320,8 @@ def bench_steps(args, trainer, device, workloads, prefix, specs):
                 ratios.append(result["ms_per_step"] / result_enc["ms_per_step"])
     if ratios:
         rows[model_row]["over_encoders_median"] = float(np.median(ratios)) - 1.0
+    if las_ratios:
+        rows[las_row]["over_model_median"] = float(np.median(las_ratios)) - 1.0
     if prefix == "fair" and "gpu_views" in workloads:
         batch = next(iter(loader.loader))
         canvas, sizes = batch["canvas"].to(device), batch["sizes"].to(device)
@@ -311,12 +331,22 @@ def bench_steps(args, trainer, device, workloads, prefix, specs):
     return rows
 
 
+def set_fair_key(trainer, key, value):
+    """Change one TRAINER.FAIR key of a built trainer (the step reads its keys at every call)."""
+    cfg = trainer.cfg
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.TRAINER.FAIR[key] = value
+    if frozen:
+        cfg.freeze()
+
+
 def bench_model(model, args, device, tree, folder, workloads):
     weights = clip_file(model, folder, args.weights)
     rows = {}
     runs = [("ZeroshotCLIP", ("zeroshot", "zeroshot_workers", "zeroshot_model")),
             ("MUST", ("must_step", "must_model", "must_encoders")),
-            ("FAIR", ("pil_views", "gpu_views", "fair_step", "fair_model", "fair_encoders"))]
+            ("FAIR", ("pil_views", "gpu_views", "fair_step", "fair_model", "fair_encoders", "fair_las_loss"))]
     for name, names in runs:
         if not set(names) & set(workloads):
             continue
@@ -357,6 +387,9 @@ def overheads(rows):
         model = rows.get(prefix + "_model", {})
         if "over_encoders_median" in model:
             out[prefix + "_model_over_encoders"] = model["over_encoders_median"]
+        las = rows.get(prefix + "_las_loss", {})
+        if "over_model_median" in las:
+            out[prefix + "_las_loss_step_over_default_step"] = las["over_model_median"]
         step = rows.get(prefix + "_step", {}).get("ms_per_step")
         if enc and step:
             out[prefix + "_step_over_encoders"] = step / enc - 1.0

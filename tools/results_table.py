@@ -295,7 +295,8 @@ def _per_method_value(runs, getter):
 
 def _text_sources(runs):
     """The text protocol of a method: key=value where all its runs agree, key=(per dataset) otherwise;
-    our shipped description files read as 'ours'; a template set is named (datasets/templates.py)."""
+    descriptions read as their source ('ours' for the shipped files, 'cupl' for CuPL's), a path otherwise; a
+    template set is named (datasets/templates.py)."""
     from fairclip.datasets.templates import describe_template_set
 
     values = OrderedDict()
@@ -303,8 +304,13 @@ def _text_sources(runs):
         text = r["protocol"].get("text")
         if not isinstance(text, dict):
             return _per_method_value(runs, lambda run: run["protocol"].get("text"))
+        source = text.get("description_source")
         for key, value in sorted(text.items()):
-            if key == "descriptions" and _is_shipped_description(value, r["dataset"]):
+            if key == "description_source":
+                continue  # shown as the value of "descriptions"
+            if key == "descriptions" and source in ("ours", "cupl"):
+                value = source
+            elif key == "descriptions" and _is_shipped_description(value, r["dataset"]):
                 value = "ours"
             if key == "templates":  # name the template set: "coop (CoOp's per-dataset prompt)"
                 value = describe_template_set(value)

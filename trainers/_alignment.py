@@ -35,6 +35,15 @@ def select_top_crops(crops, relevance, k):
     return picked, torch.gather(relevance, 1, top)
 
 
+def top_crops(crops, relevance, k):
+    """Like ``select_top_crops``, also returning the chosen positions: ``(crops [B, k, D], relevance [B, k],
+    index [B, k])`` (FAIR re-encodes the chosen crop images with gradient)."""
+    k = min(k, crops.shape[1])
+    top = relevance.topk(k, dim=1).indices
+    picked = torch.gather(crops, 1, top.unsqueeze(-1).expand(-1, -1, crops.shape[-1]))
+    return picked, torch.gather(relevance, 1, top), top
+
+
 def description_weights(emb, mask, class_emb, rule):
     """Weights ``[K, M]`` of each class's descriptions, from their similarity to ``class_emb`` [K, D].
 

@@ -23,6 +23,25 @@ def _selection_rule(trainer):
     return "last epoch"
 
 
+def _text_protocol(trainer):
+    """The trainer's text sources plus, when it reads descriptions, where they come from
+    (``description_source``: ours, cupl or file)."""
+    from fairclip import datasets
+
+    text = dict(trainer.text_sources())
+    if "descriptions" in text:
+        text["description_source"] = datasets.description_source(trainer.cfg)
+    return text
+
+
+def _method_keys(cfg, node):
+    """Every ``TRAINER.<node>`` key of the run (JSON types), so a result says exactly what it ran."""
+    if not node or node not in cfg.TRAINER:
+        return {}
+    plain = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return {k: plain(v) for k, v in sorted(cfg.TRAINER[node].items())}
+
+
 def _skipped(dataset, split):
     paths = list((getattr(dataset, "skipped_unreadable", None) or {}).get(split, []))
     return {"count": len(paths), "paths": paths}
@@ -63,7 +82,8 @@ def build_results(trainer, evaluation):
             "epochs": cfg.OPTIM.MAX_EPOCH if trained else 0,
             "evaluated_epoch": getattr(trainer, "loaded_epoch", None) or (trainer.epoch + 1 if trained else 0),
             "selection": _selection_rule(trainer),
-            "text": trainer.text_sources(),
+            "text": _text_protocol(trainer),
+            "variant": str(_method_keys(cfg, trainer.CFG_NODE).get("VARIANT", "")),  # an ablation's label
             "input_size": list(cfg.INPUT.SIZE),
             "precision": trainer.prec,
             "views": dict(getattr(trainer, "view_path", {})),  # cpu-pil or gpu, for train and test
@@ -83,6 +103,7 @@ def build_results(trainer, evaluation):
             "peak_memory_mb": peak_memory_mb(trainer.device),
             "device": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
         },
+        "method_keys": _method_keys(cfg, trainer.CFG_NODE),
         "history": trainer.history,
         "output_dir": osp.abspath(cfg.OUTPUT_DIR),
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),

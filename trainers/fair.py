@@ -1,23 +1,38 @@
-"""FAIR: Fine-grained Alignment and Interaction Refinement (reconstruction; docs/fair.md).
+"""FAIR: Fine-grained Alignment and Interaction Refinement (a reconstruction: docs/fair.md).
 
 Self-training of CLIP on unlabelled target images. Per training image:
 
 1. views: weak, strong (RandomResizedCrop + flip + RandAugment) and N local square crops;
 2. fixed score (no grad, WCA-style): crops weighted by their agreement with the whole image,
    composite feature scored against similarity-weighted description prototypes ``W_fix``;
-3. Class Description Anchors ``A``: learnable, initialised from the mean description embedding
-   (one per class; or one per description, ``TRAINER.FAIR.ANCHORS description``);
+3. Class Description Anchors ``A``: learnable (``LEARN_ANCHORS``), initialised from the mean description
+   embedding (one per class; or one per description, ``TRAINER.FAIR.ANCHORS description``);
 4. Learned Alignment Score: the top-k crops re-weighted, scored against the current anchors;
-5. pseudo-label ``argmax(gamma * S_fix + (1 - gamma) * LAS)`` (no grad);
+5. pseudo-label ``argmax(gamma * S_fix + (1 - gamma) * LAS)`` (no grad); gamma follows
+   ``GAMMA_SCHEDULE`` (constant, linear towards ``GAMMA_END``, or LAS only after a warm-up);
 6. ambiguity weight per sample (``agreement`` of the two heads by default);
-7. loss on the strong view: weighted CE against the anchors + lambda * class-balance term.
+7. loss: weighted CE of the strong view against the anchors + lambda * class-balance term, plus
+   ``LAS_LOSS_WEIGHT`` * weighted CE of the self-trained LAS: strong versions of the top-k crops chosen
+   in step 4 go through the image tower with gradient, and their relevance-weighted composite is scored
+   against the anchors, so the anchors and the LayerNorms also learn from local evidence.
 Trained: the visual LayerNorms and the anchors. Inference: the anchors on the centre view (plus LAS
 from test-time crops with ``TRAINER.FAIR.TEST_LAS``). Every reconstructed choice is a key below.
-Train-split labels are read only for the diagnostic pseudo-label accuracy.
+Train-split labels are read only for the diagnostic accuracies (``diag_*``).
+
+Which crops carry the gradient (``LAS_CROP_VIEW``): strong versions of the top-k crops that LAS selected
+on the weak pass: each re-cut at a random sub-square and flipped, on the device. The selection and the
+relevance weights come from the no-grad pass (crops of the strong view would need their own selection
+pass: N more forwards), and only those k crops per image are re-encoded with gradient. Re-encoding the
+selected crops unchanged (``weak``) gives the pseudo-label back to the crops it was computed from: their
+CE is near zero (measured on the synthetic world: 0.05 against 8 for the strong view), so the term would
+teach almost nothing; the re-cut makes it a weak-to-strong consistency term, as the strong global view is.
 
 Speed (docs/speed.md): the views can be made on the GPU (``gpu_train_views``); the no-grad views go
-through one batched forward; the strong view's forward runs through ``FairModel.forward`` (wrapped in
-DDP under torchrun, the class-balance term over the global batch).
+through one batched forward; the grad-carrying forward (strong view, plus the selected crops when
+``LAS_LOSS_WEIGHT`` > 0) is one call of ``FairModel.forward`` (wrapped in DDP under torchrun, so the
+gradients of both terms are synced); the class-balance term is over the global batch and the CE terms
+are per-sample means (equal local batches: their DDP average is the global-batch mean). The schedule's
+gamma is a function of the epoch and iteration only (no state to checkpoint).
 """
 import math
 
@@ -31,7 +46,7 @@ from fairclip.toolbox.errors import UserError
 
 from ._alignment import (
     crop_relevance, crop_weights, description_prototypes, description_weights, mean_description_embedding,
-    select_top_crops, weighted_composite,
+    select_top_crops, top_crops, weighted_composite,
 )
 from . import _distributed
 from ._clip_base import ClipTrainer, TrainableState, unfreeze_visual_layernorms
@@ -55,20 +70,38 @@ def add_config(cfg):
     c.DESC_WEIGHTING = "linear"  # description weights for W_fix: linear | softmax | mean
     # Class Description Anchors and LAS (reconstructed)
     c.ANCHORS = "class"  # class: one anchor per class | description: one per description
+    c.LEARN_ANCHORS = True  # False: the anchors stay at their initialisation (only the LayerNorms train)
     c.TOP_K = 4  # crops kept for LAS (by relevance to the whole image)
     # Pseudo-labels and weights (reconstructed)
-    c.GAMMA = 0.5  # fused = gamma * S_fix + (1 - gamma) * LAS
+    c.GAMMA = 0.5  # fused = gamma * S_fix + (1 - gamma) * LAS (the start value of a schedule)
+    # gamma over training: constant (GAMMA throughout) | linear (GAMMA for GAMMA_WARMUP_EPOCHS, then per
+    # iteration linearly to GAMMA_END at the last step) | las (GAMMA for the warm-up, then 0: LAS only)
+    c.GAMMA_SCHEDULE = "constant"
+    c.GAMMA_END = 0.0
+    c.GAMMA_WARMUP_EPOCHS = 1
     c.WEIGHTING = "agreement"  # agreement | margin | entropy | none
     c.LOGIT_SCALE = 100.0  # scale of cosine scores in every softmax / cross-entropy
     # Loss
     c.BALANCE = "batch"  # class-balance term on the mean strong-view prediction: batch | running | none
     c.BALANCE_WEIGHT = 1.0  # lambda
+    # Self-trained LAS: weight of the weighted CE of the top-k crop composite (re-encoded with gradient)
+    # against the anchors; 0 = LAS is only computed, never trained from crops (> 0 costs k grad forwards
+    # per image, about 1.8x the step). Off by default: on the synthetic world it did not help (docs/fair.md)
+    c.LAS_LOSS_WEIGHT = 0.0
+    # Which images of the selected crops carry that gradient: strong = each selected crop re-cut at a random
+    # square of LAS_CROP_SCALE of its area (uniform position) and flipped with p 1/2, on the device;
+    # weak = the selected crops exactly as scored (their CE is near 0: the pseudo-label came from them).
+    # (0.8, 1): on the synthetic world a deeper re-cut, (0.5, 1), cost 1.4 points (docs/fair.md)
+    c.LAS_CROP_VIEW = "strong"
+    c.LAS_CROP_SCALE = (0.8, 1.0)
     c.MIN_LR = 2e-6  # per-iteration cosine from OPTIM.LR down to MIN_LR (no warm-up)
     # Inference
     c.TEST_LAS = False  # also score test-time crops with LAS (costs N_CROPS forwards per image)
     c.TEST_LAS_WEIGHT = 0.5
     # Diagnostics: evaluate the test split after every epoch for the history (never used to select)
     c.EVAL_EACH_EPOCH = True
+    # A label recorded in results.json (protocol.variant); scripts/fair/ablate.sh sets it per variant
+    c.VARIANT = ""
 
 
 # ---------------------------------------------------------------------------- the parts (pure functions)
@@ -86,6 +119,46 @@ def learned_alignment_score(global_feats, crop_feats, class_vectors, top_k, tau)
 
 def fuse_scores(s_fix, las, gamma):
     return gamma * s_fix + (1.0 - gamma) * las
+
+
+GAMMA_SCHEDULES = ("constant", "linear", "las")
+
+
+def jitter_crops(images, scale):
+    """The strong version of local crops ``[M, C, H, W]``: each re-cut at a random square box covering
+    U(``scale``) of its area (uniform position inside it), flipped horizontally with probability 1/2, and
+    resampled back to ``H x W`` (bilinear; the images may be normalised, resampling is linear). Random
+    numbers are drawn on the images' device (no host sync)."""
+    m, device = images.shape[0], images.device
+    lo, hi = float(scale[0]), float(scale[1])
+    side = (lo + (hi - lo) * torch.rand(m, device=device)).sqrt()  # fraction of the crop's side
+    shift_x = (2 * torch.rand(m, device=device) - 1) * (1 - side)  # box centre in [-1, 1] coordinates
+    shift_y = (2 * torch.rand(m, device=device) - 1) * (1 - side)
+    flip = torch.where(torch.rand(m, device=device) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(m, 2, 3, device=device, dtype=images.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = side * flip, shift_x
+    theta[:, 1, 1], theta[:, 1, 2] = side, shift_y
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def gamma_at(schedule, gamma, gamma_end, warmup_epochs, epoch, batch_idx, num_batches, max_epoch):
+    """The fusion weight of the fixed score at step ``batch_idx`` of epoch ``epoch`` (both from 0).
+
+    constant: ``gamma``. las: ``gamma`` for the first ``warmup_epochs`` epochs, then 0 (LAS only).
+    linear: ``gamma`` for the warm-up, then linear per iteration from ``gamma`` (first step after the
+    warm-up) to ``gamma_end`` (last step of training). A pure function of the position in training, so a
+    resumed run continues the same curve.
+    """
+    if schedule == "constant" or epoch < warmup_epochs:
+        return float(gamma)
+    if schedule == "las":
+        return 0.0
+    if schedule != "linear":
+        raise UserError("TRAINER.FAIR.GAMMA_SCHEDULE={!r} is not one of {}".format(schedule, ", ".join(GAMMA_SCHEDULES)))
+    steps = max(1, (max_epoch - warmup_epochs) * num_batches - 1)
+    done = (epoch - warmup_epochs) * num_batches + batch_idx
+    return float(gamma + (gamma_end - gamma) * min(1.0, done / steps))
 
 
 def ambiguity_weights(s_fix, las, fused, pseudo, rule, scale=100.0):
@@ -161,12 +234,26 @@ class FAIR(ClipTrainer):
         self.check_choices(cfg, {
             "PREC": ("fp32", "bf16"), "ANCHORS": ("class", "description"),
             "WEIGHTING": ("agreement", "margin", "entropy", "none"), "BALANCE": ("batch", "running", "none"),
-            "DESC_WEIGHTING": ("linear", "softmax", "mean")})
+            "DESC_WEIGHTING": ("linear", "softmax", "mean"), "GAMMA_SCHEDULE": GAMMA_SCHEDULES,
+            "LAS_CROP_VIEW": ("strong", "weak")})
+        lo, hi = c.LAS_CROP_SCALE
+        if not 0.0 < lo <= hi <= 1.0:
+            raise UserError("TRAINER.FAIR.LAS_CROP_SCALE={} must be (low, high) with 0 < low <= high <= 1 (area "
+                            "fractions of a crop)".format(tuple(c.LAS_CROP_SCALE)))
         if not 1 <= c.TOP_K <= c.N_CROPS:
             raise UserError("TRAINER.FAIR.TOP_K={} must be between 1 and TRAINER.FAIR.N_CROPS={}".format(
                 c.TOP_K, c.N_CROPS))
-        if not 0.0 <= c.GAMMA <= 1.0:
-            raise UserError("TRAINER.FAIR.GAMMA={} must be in [0, 1]".format(c.GAMMA))
+        for key in ("GAMMA", "GAMMA_END"):
+            if not 0.0 <= c[key] <= 1.0:
+                raise UserError("TRAINER.FAIR.{}={} must be in [0, 1]".format(key, c[key]))
+        if c.LAS_LOSS_WEIGHT < 0:
+            raise UserError("TRAINER.FAIR.LAS_LOSS_WEIGHT={} must be >= 0 (0 turns the crop loss off)".format(
+                c.LAS_LOSS_WEIGHT))
+        if c.GAMMA_WARMUP_EPOCHS < 0:
+            raise UserError("TRAINER.FAIR.GAMMA_WARMUP_EPOCHS={} must be >= 0".format(c.GAMMA_WARMUP_EPOCHS))
+        if c.GAMMA_SCHEDULE != "constant" and c.GAMMA_WARMUP_EPOCHS >= cfg.OPTIM.MAX_EPOCH:
+            print("Warning: TRAINER.FAIR.GAMMA_WARMUP_EPOCHS={} covers all {} epochs: GAMMA_SCHEDULE {} never "
+                  "leaves GAMMA={}".format(c.GAMMA_WARMUP_EPOCHS, cfg.OPTIM.MAX_EPOCH, c.GAMMA_SCHEDULE, c.GAMMA))
         if not 0.0 < c.CROP_MIN_FRAC <= c.CROP_MAX_FRAC <= 1.0:
             raise UserError("TRAINER.FAIR.CROP_MIN_FRAC={} and CROP_MAX_FRAC={} must satisfy 0 < MIN <= MAX <= 1 "
                             "(fractions of the image's shorter side)".format(c.CROP_MIN_FRAC, c.CROP_MAX_FRAC))
@@ -214,6 +301,7 @@ class FAIR(ClipTrainer):
         else:
             model = FairModel(self.clip_model, desc_emb, desc_mask, class_emb)
         unfreeze_visual_layernorms(self.clip_model)
+        model.anchors.requires_grad_(bool(c.LEARN_ANCHORS))  # frozen: not trained, not in checkpoints
         model.bf16 = self.prec == "bf16"
         self.model = model.to(self.device)
         self.train_model = _distributed.wrap_model(self.model, self.device)  # DDP under torchrun
@@ -224,8 +312,9 @@ class FAIR(ClipTrainer):
         self.register_model("fair", self.model, self.optim, self.sched)
         self.balance = RunningMarginal(0.5)
         n_train = sum(p.numel() for p in params)
-        print("FAIR: {} trainable parameters (visual LayerNorms + {} anchors {})".format(
-            n_train, c.ANCHORS, tuple(self.model.anchors.shape)))
+        print("FAIR: {} trainable parameters (visual LayerNorms + {} anchors {}{}); gamma {} {}; LAS loss "
+              "weight {}".format(n_train, c.ANCHORS, tuple(self.model.anchors.shape),
+                                 "" if c.LEARN_ANCHORS else ", frozen", c.GAMMA_SCHEDULE, c.GAMMA, c.LAS_LOSS_WEIGHT))
 
     def text_sources(self):
         c = self.cfg.TRAINER.FAIR
@@ -233,18 +322,31 @@ class FAIR(ClipTrainer):
                 "fixed_description_weighting": c.DESC_WEIGHTING, "anchors": c.ANCHORS}
 
     # ------------------------------------------------------------------ training
+    def current_gamma(self):
+        """gamma of the current step (``GAMMA_SCHEDULE``), from the epoch and iteration alone."""
+        c = self.cfg.TRAINER.FAIR
+        return gamma_at(c.GAMMA_SCHEDULE, c.GAMMA, c.GAMMA_END, c.GAMMA_WARMUP_EPOCHS, self.epoch,
+                        getattr(self, "batch_idx", 0), max(1, getattr(self, "num_batches", 1)),
+                        self.cfg.OPTIM.MAX_EPOCH)
+
     def pseudo_labels(self, weak, crops):
-        """No-grad part of a step: ``(pseudo [B], weights [B], s_fix, las)`` from one batched forward."""
+        """No-grad part of a step: ``(pseudo [B], weights [B], s_fix, las)`` from one batched forward.
+
+        Also keeps the LAS crop selection of this step (``self._las_pick``: the positions of the top-k
+        crops and their relevance weights) for the self-trained LAS term."""
         c = self.cfg.TRAINER.FAIR
         b, n = crops.shape[:2]
         with torch.no_grad():
             feats = self.encode_images(torch.cat([weak, crops.flatten(0, 1)]))
             global_feats, crop_feats = feats[:b], feats[b:].view(b, n, -1)
             s_fix = fixed_score(global_feats, crop_feats, self.w_fix, c.CROP_TAU)
-            las = learned_alignment_score(global_feats, crop_feats, self.model.class_vectors(), c.TOP_K, c.CROP_TAU)
-            fused = fuse_scores(s_fix, las, c.GAMMA)
+            picked, relevance, index = top_crops(crop_feats, crop_relevance(crop_feats, global_feats), c.TOP_K)
+            crop_w = crop_weights(relevance, c.CROP_TAU)
+            las = weighted_composite(picked, crop_w) @ self.model.class_vectors().t()
+            fused = fuse_scores(s_fix, las, self.current_gamma())
             pseudo = fused.argmax(dim=1)
             weights = ambiguity_weights(s_fix, las, fused, pseudo, c.WEIGHTING, c.LOGIT_SCALE)
+        self._las_pick = (index, crop_w)
         return pseudo, weights, s_fix, las
 
     def fair_loss(self, strong_feats, pseudo, weights, class_vectors=None):
@@ -264,29 +366,63 @@ class FAIR(ClipTrainer):
                 loss_bal = class_balance_loss(mean_probs)
         return loss_st + c.BALANCE_WEIGHT * loss_bal, loss_st, loss_bal
 
+    def las_loss(self, crop_feats, crop_w, pseudo, weights, class_vectors):
+        """The self-trained LAS term: weighted CE of the relevance-weighted composite of the selected crops
+        (``crop_feats [B, k, D]`` with gradient, ``crop_w [B, k]`` from the no-grad selection) against the
+        class vectors."""
+        logits = self.cfg.TRAINER.FAIR.LOGIT_SCALE * weighted_composite(crop_feats, crop_w) @ class_vectors.t()
+        return weighted_cross_entropy(logits, pseudo, weights)
+
+    @staticmethod
+    def gather_crops(crops, index):
+        """The crop images at ``index [B, k]`` of ``crops [B, N, C, H, W]``: ``[B, k, C, H, W]``."""
+        rows = torch.arange(crops.shape[0], device=crops.device).unsqueeze(1)
+        return crops[rows, index]
+
     def forward_backward(self, batch):
+        c = self.cfg.TRAINER.FAIR
         weak = batch["img"].to(self.device, non_blocking=True)
         strong = batch["img2"].to(self.device, non_blocking=True)
         crops = batch["img3"].to(self.device, non_blocking=True)
         pseudo, weights, s_fix, las = self.pseudo_labels(weak, crops)
-        strong_feats, class_vectors = self.train_model(strong)
+        b = strong.shape[0]
+        if c.LAS_LOSS_WEIGHT > 0:
+            # One grad-carrying forward (through DDP when distributed): the strong view and the selected crops.
+            index, crop_w = self._las_pick
+            picked = self.gather_crops(crops, index).flatten(0, 1)
+            if c.LAS_CROP_VIEW == "strong":
+                picked = jitter_crops(picked, c.LAS_CROP_SCALE)
+            feats, class_vectors = self.train_model(torch.cat([strong, picked]))
+            strong_feats = feats[:b]
+            loss_las = self.las_loss(feats[b:].view(b, index.shape[1], -1), crop_w, pseudo, weights, class_vectors)
+        else:
+            strong_feats, class_vectors = self.train_model(strong)
+            loss_las = torch.zeros((), device=strong_feats.device)
         loss, loss_st, loss_bal = self.fair_loss(strong_feats, pseudo, weights, class_vectors)
+        loss = loss + c.LAS_LOSS_WEIGHT * loss_las
         self.model_backward_and_update(loss)
         self.sched.step()  # per-iteration cosine (stepped here, not by update_lr at the epoch end)
 
         # Epoch statistics kept on the device (read once per epoch). The label is a diagnostic only.
         stats = self._epoch_stats
+        label = batch["label"].to(self.device)
         stats["n"] += pseudo.numel()
         stats["weight_sum"] += weights.sum()
         stats["disagree"] += (s_fix.argmax(1) != las.argmax(1)).sum()
-        stats["pl_correct"] += (pseudo == batch["label"].to(self.device)).sum()
+        stats["pl_correct"] += (pseudo == label).sum()
+        stats["fix_correct"] += (s_fix.argmax(1) == label).sum()
+        stats["las_correct"] += (las.argmax(1) == label).sum()
+        stats["gamma_sum"] += self.current_gamma()
+        stats["steps"] += 1
         return {"loss": loss.detach(), "loss_st": loss_st.detach(), "loss_bal": loss_bal.detach(),
-                "w_mean": weights.mean()}
+                "loss_las": loss_las.detach(), "w_mean": weights.mean()}
 
     def before_epoch(self):
         self.balance.reset()
         zero = torch.zeros((), device=self.device)
-        self._epoch_stats = {"n": 0, "weight_sum": zero.clone(), "disagree": zero.clone(), "pl_correct": zero.clone()}
+        self._epoch_stats = {"n": 0, "steps": 0, "gamma_sum": 0.0, "weight_sum": zero.clone(),
+                             "disagree": zero.clone(), "pl_correct": zero.clone(), "fix_correct": zero.clone(),
+                             "las_correct": zero.clone()}
 
     def after_epoch(self):
         stats = self._epoch_stats
@@ -294,7 +430,10 @@ class FAIR(ClipTrainer):
         record = {
             "mean_weight": stats["weight_sum"].item() / n,
             "heads_disagree_frac": stats["disagree"].item() / n,
+            "gamma": stats["gamma_sum"] / max(stats["steps"], 1),  # mean over the epoch's steps
             "diag_pseudo_label_acc": 100.0 * stats["pl_correct"].item() / n,  # diagnostic: uses train labels
+            "diag_fixed_head_acc": 100.0 * stats["fix_correct"].item() / n,  # diagnostic
+            "diag_las_head_acc": 100.0 * stats["las_correct"].item() / n,  # diagnostic
             "lr": self.get_current_lr(),
         }
         self.log_epoch(record)
