@@ -5,11 +5,20 @@ A local file may be a TorchScript archive (what OpenAI publishes) or a plain sta
 cannot read a state-dict file on modern torch (``torch.load`` of an open JIT-probed handle), so we read
 the weights ourselves and call ``clip.model.build_model``. The model is returned in fp32, in eval mode,
 with every parameter frozen; trainers unfreeze what they train.
+
+``clip`` here is always OpenAI's package (pip's ``openai-clip``): CoOp-family checkouts ship a top-level
+``clip`` package of their own (CoOp's copy; MaPLe's and PromptSRC's change ``build_model``), which would
+shadow it when this toolbox runs inside them (``fairclip.plugin``), so the installed distribution's files
+are loaded under a private module name.
 """
 import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import os.path as osp
+import sys
 import warnings
 
 import torch
@@ -17,11 +26,37 @@ import torch
 from fairclip.toolbox.errors import UserError
 from fairclip.toolbox.io import atomic_write_json
 
+_PRIVATE_CLIP = "fairclip_openai_clip"
+
+
+def _import_openai_clip():
+    """OpenAI's ``clip`` package, from the installed distribution's files whatever ``sys.path`` holds."""
+    if _PRIVATE_CLIP in sys.modules:
+        return sys.modules[_PRIVATE_CLIP]
+    for dist_name in ("openai-clip", "clip"):  # PyPI's name, and the name of a git install of openai/CLIP
+        try:
+            init = str(importlib.metadata.distribution(dist_name).locate_file(osp.join("clip", "__init__.py")))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if osp.isfile(init):
+            spec = importlib.util.spec_from_file_location(_PRIVATE_CLIP, init,
+                                                          submodule_search_locations=[osp.dirname(init)])
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[_PRIVATE_CLIP] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[_PRIVATE_CLIP]
+                raise
+            return module
+    return importlib.import_module("clip")  # not installed as a distribution: whatever `clip` is
+
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # openai-clip imports pkg_resources, which warns on import
-    import clip
-    from clip.clip import _MODELS, _download
-    from clip.model import build_model
+    clip = _import_openai_clip()
+    _MODELS, _download = clip.clip._MODELS, clip.clip._download
+    build_model = clip.model.build_model
 
 DEFAULT_DOWNLOAD_ROOT = osp.expanduser("~/.cache/clip")
 

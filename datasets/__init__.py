@@ -3,6 +3,10 @@ reader class in ``toolbox.DATASET_REGISTRY`` (as CoOp's train.py does by importi
 
 ``DATASET_KEYS`` maps a config-file stem (``configs/datasets/<key>.yaml``, ``datasets/classnames/<key>.txt``,
 ``datasets/descriptions/<key>.json``) to the registered reader name.
+
+Our trainers also run on a dataset that only a host checkout registers (``fairclip.plugin``): its key is
+its registered name, and as nothing is shipped for it, ``DATASET.TEMPLATES`` (``single`` or a JSON file)
+and, for the methods that read descriptions, ``DATASET.DESCRIPTIONS`` must be given.
 """
 import importlib
 import pkgutil
@@ -25,6 +29,11 @@ DATASET_KEYS = {
     "resisc45": "RESISC45",
     "birdsnap": "Birdsnap",
     "synthetic": "SyntheticFG",
+    # evaluation-only targets (CoOp's domain-generalisation protocol: adapt on ImageNet, test on these)
+    "imagenet_a": "ImageNetA",
+    "imagenet_r": "ImageNetR",
+    "imagenet_sketch": "ImageNetSketch",
+    "imagenet_v2": "ImageNetV2",
 }
 
 _NOT_READERS = {"common", "texts", "templates", "decoded_cache"}
@@ -36,24 +45,41 @@ READER_MODULES = [
 ]
 
 
+def is_ours(registered_name):
+    """Whether ``registered_name`` is one of our readers (also as ``fairclip.<Name>``, see fairclip.plugin)."""
+    from fairclip.config import unaliased
+
+    return unaliased(registered_name) in DATASET_KEYS.values()
+
+
 def key_for(registered_name):
-    """Config stem of a registered reader: ``key_for("StanfordCars") == "stanford_cars"``."""
+    """Config stem of a registered reader: ``key_for("StanfordCars") == "stanford_cars"`` (also for
+    ``fairclip.StanfordCars``). A dataset that is not ours (registered by a host checkout) is its own key.
+    (A host's own reader under one of our names, e.g. CoOp's ``OxfordPets``, gets our key: the same
+    dataset, class names and texts.)"""
+    from fairclip.config import unaliased
+
     for key, name in DATASET_KEYS.items():
-        if name == registered_name:
+        if name == unaliased(registered_name):
             return key
-    raise UserError("DATASET.NAME = {!r} is not one of our datasets ({})".format(
-        registered_name, ", ".join(DATASET_KEYS.values())))
+    return registered_name
 
 
 def descriptions_path(cfg):
     """The description file a run uses: ``DATASET.DESCRIPTIONS``, or ours for the dataset."""
-    from .texts import default_descriptions_path
+    from .texts import DESCRIPTIONS_KEY, default_descriptions_path
 
-    return cfg.DATASET.DESCRIPTIONS or default_descriptions_path(key_for(cfg.DATASET.NAME))
+    if cfg.DATASET.DESCRIPTIONS:
+        return cfg.DATASET.DESCRIPTIONS
+    if not is_ours(cfg.DATASET.NAME):
+        raise UserError("DATASET.NAME {!r} is not one of our datasets, so no descriptions are shipped for it; set "
+                        "{} to a CuPL-format JSON file ({{classname: [sentences]}})".format(
+                            cfg.DATASET.NAME, DESCRIPTIONS_KEY))
+    return default_descriptions_path(key_for(cfg.DATASET.NAME))
 
 
 def templates_for(cfg):
-    """The prompt templates a run uses (``DATASET.TEMPLATES``: ensemble, single or a JSON file)."""
+    """The prompt templates a run uses (``DATASET.TEMPLATES``: ensemble, coop, single or a JSON file)."""
     from .templates import get_templates
 
     return get_templates(cfg.DATASET.TEMPLATES, key_for(cfg.DATASET.NAME))

@@ -6,8 +6,9 @@ differs from CoOp, on purpose:
 
 * splits we build ourselves are seeded explicitly (``SPLIT_SEED``), never by the global RNG state,
   and image lists are sorted first, so the same files always give the same split;
-* few-shot subsets are cached as JSON with paths relative to the dataset folder, in
-  ``<dataset_dir>/split_fewshot_json/`` (CoOp's ``split_fewshot/*.pkl`` pickles are left alone);
+* few-shot subsets are drawn exactly as CoOp draws them (Dassl's rule, :func:`sample_per_class`) but
+  cached as JSON with paths relative to the dataset folder, in ``<dataset_dir>/split_fewshot_json/``
+  (CoOp's ``split_fewshot/*.pkl`` pickles are left alone);
 * bad input (missing root/folder/file, empty split, stale split entry) is a one-line ``UserError``.
 """
 import json
@@ -30,6 +31,8 @@ from fairclip.toolbox.io import atomic_write_json
 
 SPLIT_SEED = 1  # seed of every split we build (fallbacks and our CUB200/RESISC45/Birdsnap splits)
 FEWSHOT_DIRNAME = "split_fewshot_json"  # not CoOp's "split_fewshot": the two caches never collide
+# The rule a few-shot cache was drawn by (recorded in it; a cache without it is drawn again).
+FEWSHOT_SAMPLER = "dassl: labels in first-appearance order, random.Random(SEED).sample per label, train then val"
 SPLIT_NAMES = ("train", "val", "test")
 SUBSAMPLE_KEY = "DATASET.SUBSAMPLE_CLASSES"
 DOC = "DATASETS.md"
@@ -219,7 +222,7 @@ STALE_HINT = (
 )
 
 
-def _load_json(path, what):
+def load_json(path, what):
     from .texts import read_text
 
     try:
@@ -250,11 +253,13 @@ def _entries(path, split_name, raw, prefix):
     return out
 
 
-def read_split(path, prefix, splits=SPLIT_NAMES):
+def read_split(path, prefix, splits=SPLIT_NAMES, data=None):
     """Read a CoOp split file: ``{"train"|"val"|"test": [[relpath, label, classname], ...]}`` with
-    paths relative to ``prefix``. Returns one ``Datum`` list per name in ``splits``."""
+    paths relative to ``prefix``. Returns one ``Datum`` list per name in ``splits``. ``data``: the
+    file's content when the caller has already parsed it."""
     print("Reading split from {}".format(path))
-    data = _load_json(path, "split file")
+    if data is None:
+        data = load_json(path, "split file")
     if not isinstance(data, dict) or any(s not in data for s in splits):
         raise UserError(
             "split file {} must be a JSON object with the keys {}; replace the file".format(path, ", ".join(splits))
@@ -411,13 +416,15 @@ def fewshot_cache_path(dataset_dir, num_shots, seed):
 
 
 def sample_per_class(items, num_shots, rng):
-    """``num_shots`` items per label (all of them when a class has fewer), labels in sorted order."""
-    groups = {}
+    """Dassl's few-shot rule (``DatasetBase.generate_fewshot_dataset``), so that CoOp's few-shot subsets
+    come out identical: labels are visited in the order they first appear in ``items`` (not sorted);
+    each label's items keep their list order and ``rng.sample(items, num_shots)`` picks from them, or
+    all of them are kept when the label has fewer. One generator serves every label in turn."""
+    groups = {}  # insertion order = first appearance
     for item in items:
         groups.setdefault(item.label, []).append(item)
     out = []
-    for label in sorted(groups):
-        group = groups[label]
+    for group in groups.values():
         out += rng.sample(group, num_shots) if len(group) >= num_shots else group
     return out
 
@@ -425,16 +432,22 @@ def sample_per_class(items, num_shots, rng):
 def apply_fewshot(cfg, dataset_dir, train, val=None):
     """Replace train (and val, with min(K, 4) shots) by a K-shot subset when ``DATASET.NUM_SHOTS`` >= 1.
 
-    The subset is drawn by ``random.Random(SEED)`` and cached in
-    ``<dataset_dir>/split_fewshot_json/shot_<K>-seed_<SEED>.json`` (paths relative to the dataset
-    folder). A negative SEED draws a fresh subset each run and caches nothing."""
+    The subset is drawn as CoOp draws it: ``random.Random(SEED)`` (the state Dassl's ``set_random_seed``
+    leaves the global generator in when a CoOp reader samples) walks train, then val, with
+    :func:`sample_per_class`. It is cached in ``<dataset_dir>/split_fewshot_json/shot_<K>-seed_<SEED>.json``
+    (paths relative to the dataset folder); a cache drawn by another rule (an older version of this
+    toolbox sorted the labels) is drawn again. A negative SEED draws a fresh subset each run and caches
+    nothing."""
     num_shots = int(cfg.DATASET.NUM_SHOTS)
     if num_shots < 1:
         return train, val
     seed = int(cfg.SEED)
     path = fewshot_cache_path(dataset_dir, num_shots, seed)
     if seed >= 0 and osp.isfile(path):
-        return _read_fewshot(path, dataset_dir, train, val)
+        data = load_json(path, "few-shot cache")
+        if isinstance(data, dict) and data.get("sampler") == FEWSHOT_SAMPLER:
+            return _read_fewshot(path, data, dataset_dir, train, val)
+        print("The few-shot cache {} was drawn by another rule; drawing it again".format(path))
 
     rng = random.Random(seed) if seed >= 0 else random.Random()
     print("Creating a {}-shot subset (seed {})".format(num_shots, seed))
@@ -442,16 +455,16 @@ def apply_fewshot(cfg, dataset_dir, train, val=None):
     if val:
         val = sample_per_class(val, min(num_shots, 4), rng)
     if seed >= 0:
-        data = {"num_shots": num_shots, "seed": seed, "train": relative_entries(train, dataset_dir)}
+        data = {"num_shots": num_shots, "seed": seed, "sampler": FEWSHOT_SAMPLER,
+                "train": relative_entries(train, dataset_dir)}
         if val is not None:
             data["val"] = relative_entries(val, dataset_dir)
         save_json_best_effort(data, path, "few-shot subset")
     return train, val
 
 
-def _read_fewshot(path, dataset_dir, train, val):
+def _read_fewshot(path, data, dataset_dir, train, val):
     print("Loading the few-shot subset from {}".format(path))
-    data = _load_json(path, "few-shot cache")
     stale = "delete {} so that it is drawn again from the current split".format(path)
     out = []
     for split_name, full in (("train", train), ("val", val)):

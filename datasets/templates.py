@@ -1,9 +1,16 @@
 """Prompt templates per dataset, and the ``DATASET.TEMPLATES`` choice.
 
-The per-dataset lists are the prompt sets of the CLIP paper's zero-shot evaluation (a protocol fact,
-listed in openai/CLIP ``data/prompts.md``; ImageNet's 80 templates are in its
-``notebooks/Prompt_Engineering_for_ImageNet.ipynb``). CLIP did not evaluate CUB; we give it the
-Birdsnap template (another bird dataset). ``synthetic`` is our demo world.
+* ``ensemble``: the prompt sets of the CLIP paper's zero-shot evaluation (a protocol fact, listed in
+  openai/CLIP ``data/prompts.md``; ImageNet's 80 templates are in its
+  ``notebooks/Prompt_Engineering_for_ImageNet.ipynb``, and CLIP used them for the ImageNet variants
+  too). CLIP did not evaluate CUB; we give it the Birdsnap template (another bird dataset).
+  ``synthetic`` is our demo world.
+* ``coop``: the one prompt per dataset of CoOp's zero-shot CLIP baseline (``COOP_TEMPLATES``, the
+  protocol of CoOp's "zero-shot CLIP" numbers, also UPL's pseudo-labelling prompt). For a dataset CoOp
+  does not have (CUB, RESISC45, Birdsnap, synthetic) the rule is the first template of the dataset's
+  ``ensemble`` list: CUB and Birdsnap "a photo of a {}, a type of bird.", RESISC45 "satellite imagery of
+  {}.".
+* ``single``: "a photo of a {}." for every dataset; or the path of a JSON list of templates.
 """
 import json
 import os.path as osp
@@ -251,23 +258,69 @@ TEMPLATES["imagenet"] = [
 TEMPLATES["synthetic"] = ["a photo of a {}.", "a photo of the {}."]
 
 
+TEMPLATES["imagenet_a"] = TEMPLATES["imagenet_r"] = list(TEMPLATES["imagenet"])
+TEMPLATES["imagenet_sketch"] = TEMPLATES["imagenet_v2"] = list(TEMPLATES["imagenet"])
+
+# CoOp's zero-shot prompt for each dataset CoOp has (a protocol fact: one string per dataset).
+COOP_TEMPLATES = {
+    "oxford_pets": "a photo of a {}, a type of pet.",
+    "oxford_flowers": "a photo of a {}, a type of flower.",
+    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
+    "dtd": "{} texture.",
+    "eurosat": "a centered satellite photo of {}.",
+    "stanford_cars": "a photo of a {}.",
+    "food101": "a photo of {}, a type of food.",
+    "sun397": "a photo of a {}.",
+    "caltech101": "a photo of a {}.",
+    "ucf101": "a photo of a person doing {}.",
+    "imagenet": "a photo of a {}.",
+    "imagenet_sketch": "a photo of a {}.",
+    "imagenet_v2": "a photo of a {}.",
+    "imagenet_a": "a photo of a {}.",
+    "imagenet_r": "a photo of a {}.",
+}
+
+# How the results table names each template set.
+TEMPLATE_SET_NAMES = {
+    "ensemble": "CLIP's per-dataset ensemble",
+    "coop": "CoOp's per-dataset prompt",
+    "single": "'{}'".format(SINGLE_TEMPLATE),
+}
+
+
+def coop_template(key):
+    """CoOp's zero-shot prompt for dataset ``key``; for a dataset CoOp does not have, the first template
+    of our ``ensemble`` list (the rule stated in the module docstring); None when we know neither."""
+    if key in COOP_TEMPLATES:
+        return COOP_TEMPLATES[key]
+    return TEMPLATES[key][0] if key in TEMPLATES else None
+
+
 def get_templates(value, key):
     """Templates for dataset ``key`` under ``DATASET.TEMPLATES = value``: "ensemble" (the dataset's
-    list), "single" (``SINGLE_TEMPLATE``) or the path of a JSON list of strings containing "{}"."""
+    list), "coop" (CoOp's one prompt), "single" (``SINGLE_TEMPLATE``) or the path of a JSON list of
+    strings containing "{}"."""
     value = str(value).strip()
     if value == "single":
         return [SINGLE_TEMPLATE]
-    if value == "ensemble":
+    if value in ("ensemble", "coop"):
         if key not in TEMPLATES:
-            raise UserError("{} = ensemble: no template list for dataset '{}' (known: {}); use 'single' or a "
-                            "JSON file".format(TEMPLATES_KEY, key, ", ".join(sorted(TEMPLATES))))
-        return list(TEMPLATES[key])
+            raise UserError("{} = {}: dataset '{}' is not one of ours, so no template is shipped for it; set {} "
+                            "to 'single' or to a JSON file listing templates".format(
+                                TEMPLATES_KEY, value, key, TEMPLATES_KEY))
+        return list(TEMPLATES[key]) if value == "ensemble" else [coop_template(key)]
     return read_templates_file(value)
+
+
+def describe_template_set(value):
+    """``DATASET.TEMPLATES`` as the results table names it: "coop (CoOp's per-dataset prompt)"."""
+    value = str(value)
+    return "{} ({})".format(value, TEMPLATE_SET_NAMES[value]) if value in TEMPLATE_SET_NAMES else value
 
 
 def read_templates_file(path):
     if not osp.isfile(path):
-        raise UserError("{} = {!r} is neither 'ensemble', 'single' nor an existing JSON file; fix the "
+        raise UserError("{} = {!r} is neither 'ensemble', 'coop', 'single' nor an existing JSON file; fix the "
                         "value".format(TEMPLATES_KEY, path))
     from .texts import read_text
 

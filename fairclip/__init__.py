@@ -17,5 +17,7 @@ import os as _os
 __version__ = "0.3.0"
 
 _REPO_ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if _os.path.isfile(_os.path.join(_REPO_ROOT, "trainers", "__init__.py")) and _REPO_ROOT not in __path__:
+# a checkout (pyproject.toml beside the folders), never site-packages holding some other `trainers` package
+if (_os.path.isfile(_os.path.join(_REPO_ROOT, "pyproject.toml"))
+        and _os.path.isfile(_os.path.join(_REPO_ROOT, "trainers", "__init__.py")) and _REPO_ROOT not in __path__):
     __path__.append(_REPO_ROOT)

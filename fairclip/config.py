@@ -18,6 +18,15 @@ from yacs.config import CfgNode as CN
 
 from fairclip.toolbox.errors import UserError
 
+# fairclip.plugin registers our trainer/reader as "fairclip.<Name>" where a host checkout holds <Name>.
+ALIAS_PREFIX = "fairclip."
+
+
+def unaliased(name):
+    """A registered trainer/reader name without the plugin's ``fairclip.`` prefix (results, keys, configs)."""
+    name = str(name)
+    return name[len(ALIAS_PREFIX):] if name.startswith(ALIAS_PREFIX) else name
+
 
 class RunConfig(CN):
     """A yacs ``CfgNode`` root that finds per-dataset overrides and records the files it merges."""
@@ -54,16 +63,15 @@ def _already_merged(cfg, path):
 
 def per_dataset_override(cfg, merged_file):
     """``<dir of merged_file>/per_dataset/<key>.yaml`` for the dataset in ``cfg`` when it exists, else None.
-    Dataset config files and the overrides themselves have none."""
-    from fairclip.datasets import DATASET_KEYS
+    The key is our config stem for our datasets (``stanford_cars``) and the registered name for a dataset
+    a host checkout registers (``per_dataset/MyBirds.yaml``). Dataset config files and the overrides
+    themselves have none."""
+    from fairclip.datasets import key_for
 
     folder = osp.dirname(str(merged_file))  # as given, so results.json lists the paths the way the run named them
-    if osp.basename(osp.abspath(folder)) == "per_dataset":
+    if osp.basename(osp.abspath(folder)) == "per_dataset" or not cfg.DATASET.NAME:
         return None
-    keys = [k for k, name in DATASET_KEYS.items() if name == cfg.DATASET.NAME]
-    if not keys:
-        return None
-    path = osp.join(folder, "per_dataset", keys[0] + ".yaml")
+    path = osp.join(folder, "per_dataset", key_for(cfg.DATASET.NAME) + ".yaml")
     return path if osp.isfile(path) else None
 
 
@@ -164,8 +172,8 @@ def extend_cfg(cfg):
     # Per-class description file ({classname: [sentences]}, CuPL format). Empty: ours, shipped in
     # datasets/descriptions/<dataset key>.json.
     cfg.DATASET.DESCRIPTIONS = ""
-    # Class-name prompts: "ensemble" (the dataset's template list), "single" ("a photo of a {}."),
-    # or a path to a JSON list of templates containing "{}".
+    # Class-name prompts: "ensemble" (the dataset's CLIP template list), "coop" (CoOp's one zero-shot
+    # prompt per dataset), "single" ("a photo of a {}.") or a path to a JSON list of templates with "{}".
     cfg.DATASET.TEMPLATES = "ensemble"
     # Fraction of a train split's images that may be unreadable (skipped and counted) before the run fails.
     cfg.DATASET.MAX_UNREADABLE = 0.01
@@ -210,6 +218,6 @@ def config_name(cfg):
     if cfg.RUN.CFG_NAME:
         return cfg.RUN.CFG_NAME
     for path in reversed(list(cfg.RUN.CONFIG_FILES)):
-        if osp.basename(osp.dirname(osp.abspath(path))) == cfg.TRAINER.NAME:
+        if osp.basename(osp.dirname(osp.abspath(path))) == unaliased(cfg.TRAINER.NAME):
             return osp.splitext(osp.basename(path))[0]
     return ""

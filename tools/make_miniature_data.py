@@ -7,7 +7,11 @@ Each tree has N classes (the first N names of ``datasets/classnames/<key>.txt`` 
 with M small random RGB JPEGs each, and the real annotation files in their real formats (``.mat``
 files with the same variables and fields, tab/space-separated lists, ``split_zhou_*.json`` where the
 real dataset ships one). ``--no-split-json`` leaves the split files out, so the readers' fallback
-path (building the split from the annotations) runs. Importable: ``make_<key>(root, ...)``.
+path (building the split from the annotations) runs. The ImageNet test sets (``imagenet_a``, ``_r``,
+``_sketch``, ``_v2``; evaluation only, not built by default) carry the class names and wnids of the
+miniature ImageNet; A and R hold every other class of a twice larger ImageNet, a subset as the real ones
+(200 of 1,000), so an ImageNet tree built with twice their ``--classes`` knows all their classes.
+Importable: ``make_<key>(root, ...)``.
 """
 import argparse
 import hashlib
@@ -36,7 +40,8 @@ FALLBACK_NAMES = {
     "ucf101": ["Apply_Eye_Makeup", "Apply_Lipstick", "Archery", "Baby_Crawling", "Balance_Beam", "Band_Marching"],
     "sun397": ["abbey", "airplane_cabin", "airport_terminal", "alley", "amphitheater", "amusement_arcade"],
     "caltech101": ["face", "leopard", "motorbike", "accordion", "airplane", "anchor"],
-    "imagenet": ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark", "electric ray"],
+    "imagenet": ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark", "electric ray",
+                 "stingray", "rooster", "hen", "ostrich", "brambling", "goldfinch"],
     "cub": ["Black_footed_Albatross", "Laysan_Albatross", "Sooty_Albatross", "Groove_billed_Ani",
             "Crested_Auklet", "Least_Auklet"],
     "resisc45": ["airplane", "airport", "baseball_diamond", "basketball_court", "beach", "bridge"],
@@ -362,6 +367,11 @@ def make_sun397(root, classes=3, per_class=6, size=32, split_json=True, seed=0):
     return _info(tree, names, split if split_json else None, classes * per_class, classes * n_test)
 
 
+def imagenet_wnid(label):
+    """The miniature trees' wnid of ImageNet label ``label`` (sorted like the real wnids)."""
+    return "n{:08d}".format(1440764 + 1000 * label)
+
+
 def make_imagenet(root, classes=3, per_class=6, size=32, split_json=True, seed=0):
     names = class_names("imagenet", classes)
     tree = Tree(root, "imagenet", size, seed)
@@ -369,7 +379,7 @@ def make_imagenet(root, classes=3, per_class=6, size=32, split_json=True, seed=0
     lines = []
     val_id = 0
     for label, name in enumerate(names):
-        wnid = "n{:08d}".format(1440764 + 1000 * label)  # sorted like the real wnids
+        wnid = imagenet_wnid(label)
         lines.append("{} {}".format(wnid, name))
         for j in range(per_class - n_test):
             tree.image("images", "train", wnid, "{}_{}.JPEG".format(wnid, j + 1))
@@ -380,6 +390,48 @@ def make_imagenet(root, classes=3, per_class=6, size=32, split_json=True, seed=0
     info = _info(tree, names, None, classes * per_class, classes * n_test)
     info["counts"] = {"train": classes * (per_class - n_test), "val": classes * n_test, "test": classes * n_test}
     return info
+
+
+def _imagenet_test_set(root, dirname, image_subdir, imagenet_classes, labels, per_class, size, seed,
+                       folder_per_label=False, readme=False):
+    """An evaluation-only ImageNet test set (CoOp's layout): ImageNet's ``classnames.txt`` for
+    ``imagenet_classes`` classes (the names and wnids ``make_imagenet`` gives them) and ``per_class`` images
+    for each ImageNet label in ``labels``, in a folder named by wnid (or by label)."""
+    names = class_names("imagenet", imagenet_classes)
+    tree = Tree(root, dirname, size, seed)
+    tree.text(["{} {}".format(imagenet_wnid(i), name) for i, name in enumerate(names)], "classnames.txt")
+    for label in labels:
+        folder = str(label) if folder_per_label else imagenet_wnid(label)
+        for j in range(per_class):
+            tree.image(image_subdir, folder, "{}_{}.jpg".format(folder, j + 1))
+    if readme:
+        tree.text(["the archive's README (not a class folder)"], image_subdir, "README.txt")
+    n = len(labels) * per_class
+    info = _info(tree, [names[label] for label in labels], None, n)
+    info["counts"] = {"train": n, "val": n, "test": n}
+    info["imagenet_labels"] = list(labels)  # the ImageNet label of each class, in label order
+    return info
+
+
+def make_imagenet_a(root, classes=3, per_class=6, size=32, split_json=True, seed=0):
+    """ImageNet-A: a subset (every other class of a 2 x ``classes`` ImageNet, starting at label 1)."""
+    return _imagenet_test_set(root, "imagenet-adversarial", "imagenet-a", 2 * classes,
+                              [2 * i + 1 for i in range(classes)], per_class, size, seed, readme=True)
+
+
+def make_imagenet_r(root, classes=3, per_class=6, size=32, split_json=True, seed=0):
+    """ImageNet-R: a subset (every other class of a 2 x ``classes`` ImageNet, starting at label 0)."""
+    return _imagenet_test_set(root, "imagenet-rendition", "imagenet-r", 2 * classes,
+                              [2 * i for i in range(classes)], per_class, size, seed, readme=True)
+
+
+def make_imagenet_sketch(root, classes=3, per_class=6, size=32, split_json=True, seed=0):
+    return _imagenet_test_set(root, "imagenet-sketch", "images", classes, range(classes), per_class, size, seed)
+
+
+def make_imagenet_v2(root, classes=3, per_class=6, size=32, split_json=True, seed=0):
+    return _imagenet_test_set(root, "imagenetv2", "imagenetv2-matched-frequency-format-val", classes,
+                              range(classes), per_class, size, seed, folder_per_label=True)
 
 
 def make_cub(root, classes=3, per_class=6, size=32, split_json=True, seed=0):
@@ -449,8 +501,11 @@ BUILDERS = {
     "oxford_flowers": make_oxford_flowers, "food101": make_food101, "dtd": make_dtd, "eurosat": make_eurosat,
     "ucf101": make_ucf101, "sun397": make_sun397, "caltech101": make_caltech101, "imagenet": make_imagenet,
     "cub": make_cub, "resisc45": make_resisc45, "birdsnap": make_birdsnap, "synthetic": make_synthetic,
+    "imagenet_a": make_imagenet_a, "imagenet_r": make_imagenet_r, "imagenet_sketch": make_imagenet_sketch,
+    "imagenet_v2": make_imagenet_v2,
 }
-BENCHMARKS = [k for k in BUILDERS if k != "synthetic"]  # the 14 dataset configs
+EVAL_ONLY = ["imagenet_a", "imagenet_r", "imagenet_sketch", "imagenet_v2"]  # test sets of ImageNet-adapted models
+BENCHMARKS = [k for k in BUILDERS if k != "synthetic" and k not in EVAL_ONLY]  # the 14 benchmark datasets
 
 
 def make_all(root, keys=None, **kwargs):

@@ -262,7 +262,9 @@ def _per_method_value(runs, getter):
 
 def _text_sources(runs):
     """The text protocol of a method: key=value where all its runs agree, key=(per dataset) otherwise;
-    our shipped description files read as 'ours'."""
+    our shipped description files read as 'ours'; a template set is named (datasets/templates.py)."""
+    from fairclip.datasets.templates import describe_template_set
+
     values = OrderedDict()
     for r in runs:
         text = r["protocol"].get("text")
@@ -271,6 +273,8 @@ def _text_sources(runs):
         for key, value in sorted(text.items()):
             if key == "descriptions" and _is_shipped_description(value, r["dataset"]):
                 value = "ours"
+            if key == "templates":  # name the template set: "coop (CoOp's per-dataset prompt)"
+                value = describe_template_set(value)
             values.setdefault(key, set()).add(_fmt_value(value))
     return "; ".join("{}={}".format(k, next(iter(v)) if len(v) == 1 else "(per dataset)") for k, v in values.items())
 

@@ -38,6 +38,11 @@ PUBLISHED = {
     "cub": {"trainval": 5994, "test": 5794, "classes": 200},
     "resisc45": {"train": 15750, "val": 6300, "test": 9450, "classes": 45},
     "birdsnap": {"trainval_max": 47386, "test_max": 2443, "classes": 500},
+    # ImageNet's test sets: every image is the test split (the reader also serves it as train and val)
+    "imagenet_v2": {"train": 10000, "val": 10000, "test": 10000, "classes": 1000},
+    "imagenet_sketch": {"train": 50889, "val": 50889, "test": 50889, "classes": 1000},
+    "imagenet_a": {"train": 7500, "val": 7500, "test": 7500, "classes": 200},
+    "imagenet_r": {"train": 30000, "val": 30000, "test": 30000, "classes": 200},
 }
 
 

@@ -5,7 +5,11 @@
   (``DATASET.TEMPLATES``) and descriptions (``DATASET.DESCRIPTIONS``), encoded once and cached;
 * ``test()``: the evaluation loop, which also writes ``results.json`` after the final test;
 * ``load_model``: tolerant of checkpoints without ``val_result``; with no ``--load-epoch`` it loads the
-  last checkpoint of the model dir (its ``checkpoint`` pointer);
+  last checkpoint of the model dir (its ``checkpoint`` pointer). A training run writes its class names
+  (``classnames.json``) beside its checkpoints, so a model can be tested on a dataset whose classes are a
+  subset or a reordering of them (ImageNet -> ImageNet-A/-R): per-class tensors (``per_class_dims``) keep
+  the rows of the test set's classes, matched by class name;
+* a reader marked ``EVAL_ONLY`` (the ImageNet test sets) is refused for training;
 * per-epoch logging (``log_epoch``) kept in the results' history;
 * precision: ``autocast()`` is bf16 autocast over fp32 master weights when the trainer's PREC is bf16;
 * speed (docs/speed.md): GPU-side views from a decode-once cache for trainers that list their views
@@ -43,6 +47,9 @@ from ._results import build_results, write_results
 GPU_VIEW_MODES = ("auto", "always", "never")
 
 
+CLASSNAMES_FILE = "classnames.json"  # written beside a training run's checkpoints: the classes its model knows
+
+
 class TrainableState(nn.Module):
     """A module whose checkpoints hold only its trainable tensors (plus ``extra_state_keys``).
 
@@ -51,6 +58,16 @@ class TrainableState(nn.Module):
     """
 
     extra_state_keys = ()  # name prefixes of non-trainable entries to keep (e.g. running buffers)
+    per_class_dims = {}  # state-dict key -> the dimension that indexes classes (e.g. {"anchors": 0})
+
+    def select_classes(self, state_dict, index):
+        """``state_dict`` of a model trained on other classes, restricted to the rows ``index`` (a LongTensor:
+        for each class of this model, its position among the trained model's classes)."""
+        out = dict(state_dict)
+        for key, dim in self.per_class_dims.items():
+            if key in out:
+                out[key] = out[key].index_select(dim, index.to(out[key].device))
+        return out
 
     def state_dict(self, *args, **kwargs):
         # Used as a top-level registered model only (no parent passes a shared destination dict).
@@ -65,6 +82,11 @@ class TrainableState(nn.Module):
         if unknown and strict:
             raise UserError("checkpoint has keys this model does not know: {} (was it written by another "
                             "trainer or backbone?)".format(unknown[:5]))
+        wrong = [k for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if wrong:
+            k = wrong[0]
+            raise UserError("checkpoint entry '{}' has shape {}, this model {} (was it trained on another dataset, "
+                            "or with other TRAINER settings?)".format(k, tuple(state_dict[k].shape), tuple(own[k].shape)))
         return super().load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
 
 
@@ -379,6 +401,37 @@ class ClipTrainer(TrainerX):
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
         if _distributed.is_main():  # every rank holds the same weights; one writes them
             super().save_model(epoch, directory, is_best=is_best, val_result=val_result, model_name=model_name)
+            atomic_write_json({"dataset": self.cfg.DATASET.NAME, "classnames": self.classnames},
+                              osp.join(directory, CLASSNAMES_FILE))
+
+    def class_index_from(self, directory):
+        """For a model trained on other classes: a LongTensor giving, for each class of this dataset, its
+        position among the classes of the model in ``directory`` (matched by name); None when they are the
+        same list, or when the run predates ``classnames.json`` (then shapes must match)."""
+        path = osp.join(directory, CLASSNAMES_FILE)
+        if not osp.isfile(path):
+            return None
+        trained = read_json(path)
+        source = list(trained["classnames"])
+        if source == self.classnames:
+            return None
+        where = {}
+        for i, name in enumerate(source):
+            where.setdefault(name, []).append(i)
+        unknown = [n for n in self.classnames if n not in where]
+        if unknown:
+            raise UserError("--model-dir {} was trained on {} ({} classes), which lacks {} of this dataset's {} classes "
+                            "(first: {!r}); test it on a dataset whose classes it knows".format(
+                                directory, trained.get("dataset"), len(source), len(unknown), len(self.classnames),
+                                unknown[0]))
+        ambiguous = [n for n in self.classnames if len(where[n]) > 1]
+        if ambiguous:
+            raise UserError("--model-dir {}: class name {!r} appears {} times among the trained classes ({}), so this "
+                            "dataset's classes cannot be matched to them by name".format(
+                                directory, ambiguous[0], len(where[ambiguous[0]]), path))
+        print("The model knows {} classes of {}; testing on {} of them, {} (matched by class name)".format(
+            len(source), trained.get("dataset"), len(self.classnames), self.cfg.DATASET.NAME))
+        return torch.tensor([where[n][0] for n in self.classnames], dtype=torch.long)
 
     def load_model(self, directory, epoch=None):
         names = self.get_model_names()
@@ -386,6 +439,7 @@ class ClipTrainer(TrainerX):
             return  # nothing trained (zero-shot trainers)
         if not directory:
             raise UserError("this trainer has trained weights: give --model-dir (a finished run's output folder)")
+        index = self.class_index_from(directory)
         for name in names:
             folder = osp.join(directory, name)
             if epoch is not None:
@@ -404,7 +458,10 @@ class ClipTrainer(TrainerX):
                     directory, path, epoch))
             checkpoint = load_checkpoint(path)
             print("Loading weights to {} from {} (epoch {})".format(name, path, checkpoint.get("epoch")))
-            self._models[name].load_state_dict(checkpoint["state_dict"])
+            state = checkpoint["state_dict"]
+            if index is not None:
+                state = self._models[name].select_classes(state, index)
+            self._models[name].load_state_dict(state)
             self.loaded_epoch = checkpoint.get("epoch")
 
     # ------------------------------------------------------------------ logging
@@ -412,6 +469,10 @@ class ClipTrainer(TrainerX):
         return osp.join(self.cfg.OUTPUT_DIR, "history.json")
 
     def before_train(self):
+        if getattr(self.dm.dataset, "EVAL_ONLY", False) and self.get_model_names():
+            raise UserError("{} is an evaluation-only test set (its images are the test split): adapt on ImageNet and "
+                            "test the model here with --eval-only --model-dir <that run's output folder>".format(
+                                self.cfg.DATASET.NAME))
         super().before_train()
         # A resumed run keeps the per-epoch records of the epochs it does not redo.
         if self.start_epoch > 0 and osp.isfile(self.history_path()):

@@ -8,7 +8,7 @@ import os.path as osp
 
 import torch
 
-from fairclip.config import config_name
+from fairclip.config import config_name, unaliased
 from fairclip.toolbox import BACKEND
 from fairclip.toolbox.io import atomic_write_json
 
@@ -38,9 +38,9 @@ def build_results(trainer, evaluation):
     trained = bool(trainer.get_model_names())
     record = {
         "schema": SCHEMA_VERSION,
-        "dataset": cfg.DATASET.NAME,
+        "dataset": unaliased(cfg.DATASET.NAME),  # fairclip.OxfordPets (plugin alias) is our OxfordPets
         "dataset_key": trainer.dataset_key,
-        "trainer": cfg.TRAINER.NAME,
+        "trainer": unaliased(cfg.TRAINER.NAME),
         "cfg": config_name(cfg),
         "config_files": list(cfg.RUN.CONFIG_FILES),
         "seed": cfg.SEED,

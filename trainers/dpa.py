@@ -97,6 +97,7 @@ class DpaModel(VisualClassifier):
     """Visual LayerNorms + text prototypes (trained) and the image prototypes / DA history (buffers)."""
 
     extra_state_keys = ("image_prototypes", "da_history", "da_count")
+    per_class_dims = {"classifier": 0, "image_prototypes": 0, "da_history": 1}
 
     def __init__(self, clip_model, class_emb, logit_scale, history):
         super().__init__(clip_model, class_emb, logit_scale, normalize_classifier=True)

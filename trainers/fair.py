@@ -115,6 +115,18 @@ def ambiguity_weights(s_fix, las, fused, pseudo, rule, scale=100.0):
 class FairModel(TrainableState):
     """CLIP (visual LayerNorms trainable) + Class Description Anchors. Checkpoints hold only those."""
 
+    per_class_dims = {"anchors": 0}
+
+    def select_classes(self, state_dict, index):
+        out = super().select_classes(state_dict, index)
+        anchors = out.get("anchors")
+        if anchors is not None and anchors.dim() == 3 and anchors.shape[1] > self.anchors.shape[1]:
+            # one anchor per description: the kept classes may have fewer descriptions than the longest
+            # trained class; slots past this model's longest list were padding for every kept class
+            # (same DATASET.DESCRIPTIONS file as in training)
+            out["anchors"] = anchors[:, :self.anchors.shape[1]]
+        return out
+
     def __init__(self, clip_model, anchors, desc_mask=None, class_emb=None, bf16=False):
         super().__init__()
         self.clip = clip_model

@@ -114,6 +114,8 @@ def param_groups(named_params, lr, weight_decay, no_decay, layer_decay=1.0, num_
 class VisualClassifier(TrainableState):
     """CLIP whose visual LayerNorms train, plus a class-embedding classifier initialised from text."""
 
+    per_class_dims = {"classifier": 0}
+
     def __init__(self, clip_model, class_emb, logit_scale=100.0, normalize_classifier=True):
         super().__init__()
         self.clip = clip_model
@@ -146,6 +148,7 @@ class EmaTeacher(nn.Module):
 
 class MustModel(VisualClassifier):
     extra_state_keys = ("teacher.",)
+    per_class_dims = {"classifier": 0, "teacher.classifier": 0}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -17,28 +17,12 @@ from yacs.config import CfgNode as CN
 
 from fairclip.clip_backbone.loading import clip
 from fairclip.datasets.common import SkipUnreadableWrapper
-from fairclip.datasets.templates import get_templates
+from fairclip.datasets.templates import coop_template
 from fairclip.toolbox import TRAINER_REGISTRY, Datum, build_data_loader, build_optimizer, build_transform
 from fairclip.toolbox.errors import UserError
 
 from ._clip_base import ClipTrainer, TrainableState
 from ._schedules import epoch_scheduler
-
-# UPL's hand-written template per dataset (CoOp's CUSTOM_TEMPLATES). Datasets UPL did not use fall back
-# to the first template of the dataset's CLIP list.
-UPL_TEMPLATES = {
-    "oxford_pets": "a photo of a {}, a type of pet.",
-    "oxford_flowers": "a photo of a {}, a type of flower.",
-    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
-    "dtd": "{} texture.",
-    "eurosat": "a centered satellite photo of {}.",
-    "stanford_cars": "a photo of a {}.",
-    "food101": "a photo of {}, a type of food.",
-    "sun397": "a photo of a {}.",
-    "caltech101": "a photo of a {}.",
-    "ucf101": "a photo of a person doing {}.",
-    "imagenet": "a photo of a {}.",
-}
 
 
 def add_config(cfg):
@@ -167,9 +151,10 @@ class UPL(ClipTrainer):
     def pseudo_templates(self):
         if self.cfg.TRAINER.UPL.PSEUDO_TEMPLATES == "dataset":
             return self.templates()
-        if self.dataset_key in UPL_TEMPLATES:
-            return [UPL_TEMPLATES[self.dataset_key]]
-        return get_templates("ensemble", self.dataset_key)[:1]
+        # UPL's hand-written prompt per dataset is CoOp's (DATASET.TEMPLATES coop, with its rule for the
+        # datasets UPL did not use); a host's dataset has none: the first of DATASET.TEMPLATES.
+        template = coop_template(self.dataset_key)
+        return [template] if template else self.templates()[:1]
 
     def text_sources(self):
         c = self.cfg.TRAINER.UPL
