@@ -402,9 +402,14 @@ class ReCLIP(ClipTrainer):
         self.model_backward_and_update(loss)
         return {"loss": loss.detach(), "loss_t": t_loss.detach(), "loss_v": v_loss.detach()}
 
+    @torch.no_grad()
+    def update_text_nodes(self):
+        """ReCLIP-T's propagation nodes for the next epoch: its current all-template class embeddings."""
+        with self.autocast():
+            self.model.t_nodes.copy_(self.model.class_embeddings(full=True).float())
+
     def after_epoch(self):
-        with torch.no_grad(), self.autocast():
-            self.model.t_nodes.copy_(self.model.class_embeddings(full=True).float())  # ReCLIP-T's next nodes
+        self.update_text_nodes()
         self.log_epoch(dict(self._epoch_stats))
         super().after_epoch()
 
