@@ -4,7 +4,7 @@
 #   DATASETS="dtd eurosat" bash scripts/compare.sh [KEY VALUE ...]
 #
 # env: DATASETS  dataset keys (config stems of configs/datasets/), or "all" for the 13 fine-grained benchmarks
-#      METHODS   script folders under scripts/ (default: "zsclip cupl wca upl must dpa fair")
+#      METHODS   script folders under scripts/ (default: "zsclip cupl wca upl must lafter reclip dpa fair")
 #      SEEDS     default "1 2 3";  DATA (default ./data);  OUTPUT (default ./output);  CFG (default vit_b32)
 #      JOBS      (method, dataset) pairs run at once (default 1); PYTHON (default python)
 #      METRIC    table metric (default accuracy);  PLOT_DATASET  per-class plot dataset (default eurosat if
@@ -17,7 +17,7 @@
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ALL_METHODS="zsclip cupl wca upl must dpa fair"
+ALL_METHODS="zsclip cupl wca upl must lafter reclip dpa fair"
 BENCHMARKS="birdsnap caltech101 cub dtd eurosat fgvc_aircraft oxford_flowers food101 oxford_pets resisc45 stanford_cars sun397 ucf101"
 METHODS=${METHODS:-$ALL_METHODS}
 SEEDS=${SEEDS:-"1 2 3"}
@@ -34,7 +34,8 @@ die() { echo "ERROR: $*" >&2; exit 2; }
 trainer_of() {
   case "$1" in
     zsclip) echo ZeroshotCLIP ;; cupl) echo CuPL ;; wca) echo WCA ;; upl) echo UPL ;;
-    must) echo MUST ;; dpa) echo DPA ;; fair) echo FAIR ;; *) return 1 ;;
+    must) echo MUST ;; lafter) echo LaFTer ;; reclip) echo ReCLIP ;; dpa) echo DPA ;; fair) echo FAIR ;;
+    *) return 1 ;;
   esac
 }
 
@@ -123,7 +124,7 @@ else
   "$PYTHON" -m tools.plots per-class --dataset "$PLOT_DATASET" "${RUN_DIRS[@]}" --methods "${TRAINERS[@]}" \
     --seeds $SEEDS --cfg "$CFG" --out "$OUTPUT/comparison_per_class_$PLOT_DATASET.png" || TOOLS_OK=0
   SELF_TRAINING=()
-  for t in "${TRAINERS[@]}"; do case "$t" in UPL|MUST|DPA|FAIR) SELF_TRAINING+=("$t") ;; esac; done
+  for t in "${TRAINERS[@]}"; do case "$t" in UPL|MUST|LaFTer|ReCLIP|DPA|FAIR) SELF_TRAINING+=("$t") ;; esac; done
   if [ ${#SELF_TRAINING[@]} -gt 0 ]; then
     # shellcheck disable=SC2086
     "$PYTHON" -m tools.plots curves "${RUN_DIRS[@]}" --methods "${SELF_TRAINING[@]}" --datasets $DATASETS \

@@ -6,7 +6,7 @@
 # env: DATA    data root (default ./data); the world and its tiny CLIP go to $DATA/synthetic_fg/
 #      OUTPUT  run folders and the table (default ./output/demo)
 #      SEEDS   seeds of every method (default "1")
-#      METHODS script folders under scripts/ (default "zsclip cupl wca upl must dpa fair")
+#      METHODS script folders under scripts/ (default "zsclip cupl wca upl must lafter reclip dpa fair")
 #      PYTHON  (default python)
 #
 # 1. Generates the synthetic world (tools/make_synthetic.py) and pretrains its tiny CLIP
@@ -22,7 +22,7 @@ export DATA=${DATA:-./data}
 export OUTPUT=${OUTPUT:-./output/demo}
 export SEEDS=${SEEDS:-"1"}
 export PYTHON=${PYTHON:-python}
-METHODS=${METHODS:-"zsclip cupl wca upl must dpa fair"}
+METHODS=${METHODS:-"zsclip cupl wca upl must lafter reclip dpa fair"}
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
 WORLD="$DATA/synthetic_fg"
@@ -31,7 +31,7 @@ START=$SECONDS
 
 for m in $METHODS; do
   if [ ! -f "$REPO/scripts/$m/main.sh" ]; then
-    echo "ERROR: unknown method '$m' in METHODS: scripts/$m/main.sh does not exist (known: zsclip cupl wca upl must dpa fair)" >&2
+    echo "ERROR: unknown method '$m' in METHODS: scripts/$m/main.sh does not exist (known: zsclip cupl wca upl must lafter reclip dpa fair)" >&2
     exit 2
   fi
 done
@@ -66,10 +66,10 @@ if ! "$PYTHON" -m tools.results_table "$OUTPUT/synthetic" --datasets synthetic -
   exit 1
 fi
 echo
-echo "Zero-shot rows (ZeroshotCLIP, CuPL, WCA) are the tiny CLIP without training; UPL, MUST, DPA and FAIR"
-echo "adapted it to the unlabelled target images. This world checks that methods learn (accuracy rises"
-echo "above zero-shot); it is not a ranking of methods: the world and the model are tiny and say nothing"
-echo "about real data. See docs/synthetic.md."
+echo "Zero-shot rows (ZeroshotCLIP, CuPL, WCA) are the tiny CLIP without training; UPL, MUST, LaFTer,"
+echo "ReCLIP, DPA and FAIR adapted it to the unlabelled target images. This world checks that methods learn"
+echo "(accuracy rises above zero-shot); it is not a ranking of methods: the world and the model are tiny and"
+echo "say nothing about real data. See docs/synthetic.md."
 echo "[demo] done in $((SECONDS - START)) s; table: $OUTPUT/demo_table.md"
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo "ERROR: these methods failed: ${FAILED[*]} (logs in $OUTPUT/demo_<method>.log)" >&2

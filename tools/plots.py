@@ -160,7 +160,7 @@ def plot_curves(args):
     runs = [r for r in _load(args, args.datasets) if r["history"]]
     if not runs:
         raise UserError("no run with a per-epoch history under {}; curves need self-training methods (UPL, MUST, "
-                        "DPA, FAIR)".format(", ".join(args.paths)))
+                        "LaFTer, ReCLIP, DPA, FAIR)".format(", ".join(args.paths)))
     present = {r["dataset"] for r in runs}
     datasets = [d for d in (args.datasets or sorted(present)) if d in present]
     methods = [m for m in method_order({r["method"] for r in runs}, args.methods)

@@ -27,7 +27,7 @@ from fairclip.toolbox.io import atomic_write_text
 # Script folder name -> trainer name, in the order the table lists them.
 METHOD_TRAINERS = OrderedDict([
     ("zsclip", "ZeroshotCLIP"), ("cupl", "CuPL"), ("wca", "WCA"), ("upl", "UPL"),
-    ("must", "MUST"), ("dpa", "DPA"), ("fair", "FAIR"),
+    ("must", "MUST"), ("lafter", "LaFTer"), ("reclip", "ReCLIP"), ("dpa", "DPA"), ("fair", "FAIR"),
 ])
 METRICS = ("accuracy", "macro_f1", "mean_per_class_accuracy", "error_rate")
 # Protocol fields whose disagreement inside one cell makes its mean meaningless (flagged with †).
