@@ -13,7 +13,8 @@ per branch over the nodes ``[K class embeddings; N image features]``:
 
 1. **projection** ``P = U_{1:CUT_DIM} U_{1:CUT_DIM}^T``, ``U`` the left singular vectors of the class
    embeddings ``[D, K]``: keeps the span of the class embeddings and drops its first singular direction,
-   which all classes share (class-agnostic); nodes are projected and L2-normalised;
+   which all classes share (class-agnostic); nodes are projected and L2-normalised (``PROJECTION none``:
+   the ablation without it);
 2. **graph**: affinity ``(cos + 1) / 2``, no self-loops, each node's ``N_NEIGHBORS`` largest kept,
    symmetrised ``W = (A + A^T) / 2`` and normalised ``S = D^-1/2 W D^-1/2``; built chunk by chunk as a sparse
    matrix (``KNN_CHUNK`` rows of similarities at a time, never N x N);
@@ -63,6 +64,7 @@ def add_config(cfg):
     c.PREC = "fp32"  # fp32 or bf16 (autocast over fp32 master weights)
     c.N_NEIGHBORS = 20  # k of the kNN graph
     c.ALPHA = 0.99  # propagation: (I - ALPHA S) F = Y
+    c.PROJECTION = "class_subspace"  # class_subspace (ReCLIP) | none (the ablation: propagate on raw features)
     c.CUT_DIM = 768  # singular directions 1 .. CUT_DIM-1 kept (ReCLIP: 768; 250 above 500 classes)
     c.CG_ITERS = 20
     c.CG_TOL = 1e-6
@@ -118,13 +120,14 @@ def knn_affinity(points, k, chunk_rows=1024):
 
 def conjugate_gradient(matvec, b, maxiter=20, rtol=1e-6):
     """Solve ``A X = B`` column by column (A symmetric positive definite, given by ``matvec`` on ``[n, C]``)
-    with SciPy's ``cg`` iteration from ``X = 0``: a column stops once ``|r| < rtol * |b|``. All columns run
-    in one batch for ``maxiter`` iterations without host syncs."""
+    with SciPy's ``cg`` iteration from ``X = 0``: a column stops once ``|r| < rtol * |b|`` (a zero column
+    at once). All columns run in one batch for ``maxiter`` iterations without host syncs."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = torch.zeros_like(b)
-    atol = rtol * b.norm(dim=0)
-    active = torch.ones(b.shape[1], dtype=torch.bool, device=b.device)
+    b_norm = b.norm(dim=0)
+    atol = rtol * b_norm
+    active = b_norm > 0
     rho_prev = torch.ones(b.shape[1], dtype=b.dtype, device=b.device)
     zero = torch.zeros((), dtype=b.dtype, device=b.device)
     for it in range(maxiter):
@@ -134,7 +137,8 @@ def conjugate_gradient(matvec, b, maxiter=20, rtol=1e-6):
         p = torch.where(active, r + beta * p, zero)
         q = matvec(p)
         pq = (p * q).sum(0)
-        alpha = torch.where(active, rho / torch.where(active, pq, 1.0), zero)
+        step = active & (pq != 0)
+        alpha = torch.where(step, rho / torch.where(step, pq, 1.0), zero)
         x = x + alpha * p
         r = r - alpha * q
         rho_prev = rho
@@ -254,6 +258,7 @@ class ReCLIP(ClipTrainer):
     def check_cfg(self, cfg):
         c = cfg.TRAINER.RECLIP
         self.check_choices(cfg, {"PREC": ("fp32", "bf16"), "V_LOSS": ("released", "mean"),
+                                 "PROJECTION": ("class_subspace", "none"),
                                  "INFERENCE": ("ensemble", "visual", "text")})
         if not 0.0 < c.ALPHA < 1.0:
             raise UserError("TRAINER.RECLIP.ALPHA={} must be in (0, 1)".format(c.ALPHA))
@@ -358,7 +363,10 @@ class ReCLIP(ClipTrainer):
 
     def propagate(self, feats, nodes):
         c = self.cfg.TRAINER.RECLIP
-        projection = class_subspace_projection(nodes, c.CUT_DIM)
+        if c.PROJECTION == "none":
+            projection = torch.eye(nodes.shape[1], device=nodes.device)
+        else:
+            projection = class_subspace_projection(nodes, c.CUT_DIM)
         return propagate_labels(feats, nodes, projection, c.N_NEIGHBORS, c.ALPHA, c.CG_ITERS, c.CG_TOL, c.KNN_CHUNK)
 
     # ------------------------------------------------------------------ training
