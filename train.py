@@ -9,10 +9,16 @@ Config merge order (as in CoOp): defaults + our keys (``fairclip.config.extend_c
 YAML and its per-dataset override (``<method config dir>/per_dataset/<dataset>.yaml``, found automatically),
 any --extra-config-file, command-line arguments, trailing KEY VALUE pairs. Unknown keys fail with a message
 naming the key.
+
+The output folder is locked for the run and remembers the run's training settings; rerunning the same
+command resumes an interrupted run exactly, a different one is refused unless ``--fresh`` (docs/reliability.md).
+Exit status: 0 done, 2 bad input or a failed write (one ``ERROR:`` line), 130 interrupted (Ctrl-C or SIGTERM;
+the line says which epoch a rerun resumes from).
 """
 import argparse
 import os
 import os.path as osp
+import signal
 import sys
 
 import torch
@@ -26,7 +32,31 @@ from fairclip.toolbox.errors import report_error
 from fairclip import datasets  # registers the dataset readers
 from fairclip import trainers  # noqa: F401  (registers the trainers)
 from fairclip.config import get_cfg, merge_config_file, yacs_message
-from fairclip.trainers import _distributed
+from fairclip.trainers import _distributed, _run_folder
+
+INTERRUPTED = 130  # exit status of a run stopped by Ctrl-C or SIGTERM
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the run stops the same way."""
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted("SIGTERM")
+
+
+def interrupted_message(cfg, trainer, what="Ctrl-C"):
+    """The one line for an interrupted run: where it stopped and which epoch a rerun resumes from."""
+    during = ""
+    if trainer is not None and trainer.get_model_names() and getattr(trainer, "max_epoch", 0):
+        during = " during epoch {}/{}".format(min(trainer.epoch + 1, trainer.max_epoch), trainer.max_epoch)
+    done = _run_folder.last_checkpoint_epoch(cfg.OUTPUT_DIR) if cfg is not None else 0
+    if done:
+        then = "rerunning the same command resumes from epoch {} (the checkpoint of epoch {} is intact)".format(
+            done + 1, done)
+    else:
+        then = "no checkpoint was written, so rerunning the same command starts from epoch 1"
+    return "interrupted ({}){}; {}".format(what, during, then)
 
 
 def print_args(args, cfg):
@@ -119,11 +149,17 @@ def setup_cfg(args):
     return cfg
 
 
-def main(args):
-    cfg = setup_cfg(args)
+def main(args, run=None):
+    """``run`` (a dict) receives the config and the trainer as soon as they exist (for the interrupt line)."""
+    run = {} if run is None else run
+    cfg = run["cfg"] = setup_cfg(args)
     # Under torchrun: join the process group; rank 0 alone logs (the others print nothing, errors still
     # reach stderr), writes checkpoints and results.
     rank, _ = _distributed.init_from_env(use_cuda=cfg.USE_CUDA)
+    if rank == 0:
+        # Before anything is written there: a writable folder, locked for this run, holding no other run
+        # (--fresh discards the previous one).
+        _run_folder.prepare(cfg, fresh=args.fresh, train=not (args.eval_only or args.no_train))
     if cfg.SEED >= 0:
         print("Setting fixed seed: {}".format(cfg.SEED))
         set_random_seed(cfg.SEED)
@@ -142,7 +178,7 @@ def main(args):
     print_args(args, cfg)
     print("** System info **\n{}\n".format(env_summary()))
 
-    trainer = build_trainer(cfg)
+    trainer = run["trainer"] = build_trainer(cfg)
     _distributed.reseed_for_rank(cfg.SEED)  # own augmentation stream per rank (the model is built)
 
     if args.eval_only:
@@ -153,6 +189,7 @@ def main(args):
         return
 
     if not args.no_train:
+        run["training"] = True
         trainer.train()
 
 
@@ -176,22 +213,40 @@ def build_parser():
     parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
     parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard the run the output folder holds (checkpoints, history, results) and start afresh")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="modify config options using the command-line")
     return parser
 
 
+def _report(exc):
+    """One clear line, no traceback: on stderr, and in log.txt when the run log is open."""
+    log = getattr(sys.stdout, "file", None)
+    if log is not None:
+        report_error(exc, log)
+        log.flush()
+    return report_error(exc)
+
+
 def cli(argv=None):
     args = build_parser().parse_args(argv)
+    run = {}
     try:
-        main(args)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (an embedding caller): keep its handler
+        previous = None
+    try:
+        main(args, run)
     except UserError as exc:
         _distributed.cleanup()
-        # One clear line, no traceback: on stderr, and in log.txt when the run log is open.
-        log = getattr(sys.stdout, "file", None)
-        if log is not None:
-            report_error(exc, log)
-            log.flush()
-        sys.exit(report_error(exc))
+        sys.exit(_report(exc))
+    except KeyboardInterrupt as exc:
+        what = "SIGTERM" if isinstance(exc, Interrupted) else "Ctrl-C"
+        _report(interrupted_message(run.get("cfg"), run.get("trainer") if run.get("training") else None, what))
+        sys.exit(INTERRUPTED)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     _distributed.cleanup()
 
 

@@ -3,8 +3,12 @@
 A local file may be a TorchScript archive (what OpenAI publishes) or a plain state dict (what
 ``torch.save(model.state_dict())`` writes, optionally wrapped as ``{"state_dict": ...}``). ``clip.load``
 cannot read a state-dict file on modern torch (``torch.load`` of an open JIT-probed handle), so we read
-the weights ourselves and call ``clip.model.build_model``. The model is returned in fp32, in eval mode,
-with every parameter frozen; trainers unfreeze what they train.
+the weights ourselves and call ``clip.model.build_model``, which builds either image tower from its
+state dict: a ViT (``visual.proj``; patch size and resolution from ``visual.conv1`` and the positional
+embedding) or a ModifiedResNet (RN50, RN101, RN50x4...: layer counts from ``visual.layer<k>.*``, resolution
+from the attention pool's positional embedding). The model is returned in fp32, in eval mode, with every
+parameter frozen; trainers unfreeze what they train. A ResNet's BatchNorm layers keep their pretrained
+running statistics for good (``FrozenStatsBatchNorm2d``): no trainer of this toolbox updates them.
 
 ``clip`` here is always OpenAI's package (pip's ``openai-clip``): CoOp-family checkouts ship a top-level
 ``clip`` package of their own (CoOp's copy; MaPLe's and PromptSRC's change ``build_model``), which would
@@ -22,6 +26,7 @@ import sys
 import warnings
 
 import torch
+import torch.nn as nn
 
 from fairclip.toolbox.errors import UserError
 from fairclip.toolbox.io import atomic_write_json
@@ -90,6 +95,29 @@ def _read_state_dict(path):
         )
     # A saved module may carry a DataParallel/DDP 'module.' prefix.
     return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d that always normalises with its running statistics and never updates them, even inside
+    a model put in train mode; its affine weight and bias can still be trained. (CLIP's ResNets were
+    pretrained with batches of thousands; a self-training batch of 64 target images would overwrite the
+    statistics with noisier ones, and the result would depend on the batch size.)"""
+
+    def train(self, mode=True):
+        return super().train(False)
+
+
+def freeze_batchnorm_statistics(module):
+    """Make every BatchNorm2d under ``module`` a ``FrozenStatsBatchNorm2d`` in place (same parameters,
+    buffers and state-dict keys); returns how many there are."""
+    count = 0
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            if not isinstance(m, FrozenStatsBatchNorm2d):
+                m.__class__ = FrozenStatsBatchNorm2d
+            m.train(False)
+            count += 1
+    return count
 
 
 def resolve_weights_file(name="", path="", download_root=""):
@@ -198,9 +226,15 @@ def load_clip(name="", path="", device="cpu", download_root=""):
     model = model.float().to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    freeze_batchnorm_statistics(model)  # ResNet towers only (a ViT has no BatchNorm)
     info = {"source": path or name, "file": weights_file, "fingerprint": fingerprint,
-            "input_resolution": int(model.visual.input_resolution)}
+            "input_resolution": int(model.visual.input_resolution), "architecture": visual_architecture(model)}
     return model, info
+
+
+def visual_architecture(clip_model):
+    """"vit" or "resnet": the kind of CLIP image tower (``VisionTransformer`` or ``ModifiedResNet``)."""
+    return "vit" if hasattr(clip_model.visual, "transformer") else "resnet"
 
 
 def load_clip_from_cfg(cfg, device="cpu"):

@@ -66,19 +66,28 @@ def section(name):
     return "the {} section of {}".format(name, DOC)
 
 
+def root_hint():
+    """How to give the dataset root: ``--root``, or the variable a script passes as ``--root`` (the scripts
+    export ``FAIRCLIP_ROOT_VAR=DATA``)."""
+    var = os.environ.get("FAIRCLIP_ROOT_VAR", "").strip()
+    if var:
+        return "set {} to it (the script passes {} to train.py as --root)".format(var, var)
+    return "pass it with --root"
+
+
 def dataset_root(cfg):
     """``DATASET.ROOT`` as an absolute path; a clear error when unset or missing."""
     root = str(cfg.DATASET.ROOT or "").strip()
     if not root:
         raise UserError(
-            "DATASET.ROOT is empty; pass --root DATA, the folder that holds one sub-folder per dataset "
-            "(see {})".format(DOC)
+            "DATASET.ROOT is empty; it must be the folder that holds one sub-folder per dataset: {} "
+            "(see {})".format(root_hint(), DOC)
         )
     root = osp.abspath(osp.expanduser(root))
     if not osp.isdir(root):
         raise UserError(
-            "dataset root {} does not exist; pass --root pointing at the folder that holds the prepared "
-            "datasets (see {})".format(root, DOC)
+            "dataset root {} does not exist; it must be the folder that holds the prepared datasets: {} "
+            "(see {})".format(root, root_hint(), DOC)
         )
     return root
 

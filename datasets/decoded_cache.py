@@ -370,14 +370,23 @@ def item_fields(items):
     }
 
 
-def canvas_loader(dataset, batch_size, train, workers, pin_memory, center_square=False, prefetch_factor=None):
+def canvas_loader(dataset, batch_size, train, workers, pin_memory, center_square=False, prefetch_factor=None,
+                  seed=None):
     """A DataLoader of ``collate_canvas`` batches over ``dataset`` (a ``CachedImages``): shuffled with full
     batches for training, in order for evaluation; worker processes persist across epochs.
-    ``prefetch_factor``: batches each worker prepares ahead (None: PyTorch's default)."""
+    ``prefetch_factor``: batches each worker prepares ahead (None: PyTorch's default). ``seed``: the shuffle
+    and the workers' base seed come from two generators of their own (seeded ``seed`` and ``seed + 1``),
+    never from the global one: with persistent workers the global stream would be drawn from only when the
+    workers start, which a resumed run does at another epoch (``trainers._checkpoints`` saves both)."""
     extra = {"prefetch_factor": prefetch_factor} if workers > 0 and prefetch_factor else {}
+    shuffle_gen = loader_gen = None
+    if seed is not None:
+        shuffle_gen = torch.Generator().manual_seed(int(seed))
+        loader_gen = torch.Generator().manual_seed(int(seed) + 1)
+    sampler = (torch.utils.data.RandomSampler(dataset, generator=shuffle_gen) if train
+               else torch.utils.data.SequentialSampler(dataset))
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size,
-        sampler=torch.utils.data.RandomSampler(dataset) if train else torch.utils.data.SequentialSampler(dataset),
+        dataset, batch_size=batch_size, sampler=sampler,
         num_workers=workers, collate_fn=functools.partial(collate_canvas, center_square=center_square),
         pin_memory=pin_memory, drop_last=train and len(dataset) >= batch_size, persistent_workers=workers > 0,
-        **extra)
+        generator=loader_gen, **extra)

@@ -6,11 +6,13 @@
 #     MODE     "train" (train then final test) or "eval" (--eval-only: training-free methods)
 #     DATASET  a config stem of configs/datasets/ (stanford_cars, dtd, ...)
 #   env: DATA (dataset root, default ./data), SEEDS (default "1 2 3"), OUTPUT (default ./output),
-#        CFG (method config under configs/trainers/TRAINER/, default vit_b32), PYTHON (default python)
+#        CFG (method config under configs/trainers/TRAINER/, default vit_b32), PYTHON (default python),
+#        FRESH=1 (discard each seed's previous run, finished or not, and start it afresh: train.py --fresh)
 #
-# Output: $OUTPUT/$DATASET/$TRAINER/$CFG/seed$SEED/ (log.txt, config, checkpoints, results.json).
+# Output: $OUTPUT/$DATASET/$TRAINER/$CFG/seed$SEED/ (log.txt, run_config.json, checkpoints, results.json).
 # configs/trainers/TRAINER/per_dataset/DATASET.yaml, when present, is merged after the method config (by train.py).
-# A seed whose results.json exists is skipped; an unfinished one resumes from its last checkpoint.
+# A seed whose results.json exists is skipped; one with a checkpoint resumes exactly from it (train.py
+# refuses if its training settings changed); one that failed before its first checkpoint starts again.
 set -euo pipefail
 
 if [ $# -lt 3 ]; then
@@ -55,15 +57,22 @@ case "$MODE" in
   eval) MODE_ARGS=(--eval-only) ;;
   *) echo "ERROR: MODE must be train or eval, got '$MODE'" >&2; exit 2 ;;
 esac
+FRESH=${FRESH:-}
+if [ -n "$FRESH" ] && [ "$FRESH" != "0" ]; then MODE_ARGS+=(--fresh); else FRESH=; fi
+# train.py's dataset-root errors then say to set DATA (which the script passes as --root).
+export FAIRCLIP_ROOT_VAR=DATA
 
 for SEED in $SEEDS; do
   DIR="$OUTPUT/$DATASET/$TRAINER/$CFG/seed$SEED"
-  if [ -f "$DIR/results.json" ]; then
+  if [ -n "$FRESH" ] && [ -d "$DIR" ]; then
+    echo "[$TRAINER $DATASET seed$SEED] FRESH=1: discarding the previous run in $DIR and starting afresh"
+  elif [ -f "$DIR/results.json" ]; then
     echo "[$TRAINER $DATASET seed$SEED] finished earlier ($DIR/results.json); skipping"
     continue
-  fi
-  if [ -d "$DIR" ]; then
-    echo "[$TRAINER $DATASET seed$SEED] unfinished run in $DIR; resuming"
+  elif compgen -G "$DIR/*/checkpoint" > /dev/null; then
+    echo "[$TRAINER $DATASET seed$SEED] unfinished run in $DIR; resuming from its last checkpoint"
+  elif [ -d "$DIR" ]; then
+    echo "[$TRAINER $DATASET seed$SEED] an earlier attempt in $DIR stopped before its first checkpoint (see its log.txt); starting again"
   else
     echo "[$TRAINER $DATASET seed$SEED] -> $DIR"
   fi

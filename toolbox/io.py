@@ -1,9 +1,23 @@
-"""Atomic file writes (temp file in the same folder + ``os.replace``), usable on both backends."""
+"""Atomic file writes (temp file in the same folder + ``os.replace``), usable on both backends.
+
+Files get the permissions a plain ``open()`` would give them (0666 less the process umask), not the
+0600 of a bare temp file.
+"""
 import contextlib
 import json
 import os
 import os.path as osp
 import tempfile
+import threading
+
+_umask_lock = threading.Lock()
+
+
+def _umask():
+    with _umask_lock:  # reading the umask means setting it: keep other threads out meanwhile
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -15,6 +29,7 @@ def atomic_file(fpath, mode="w"):
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + osp.basename(fpath) + "-", dir=dirname)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             yield f
             f.flush()
             os.fsync(f.fileno())

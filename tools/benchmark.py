@@ -43,7 +43,9 @@ sys.path.insert(0, REPO)
 from fairclip.toolbox.errors import UserError, report_error  # noqa: E402
 from fairclip.toolbox.io import atomic_write_json, atomic_write_text  # noqa: E402
 
-MODELS = ("tiny", "vit-b32")
+MODELS = ("tiny", "vit-b32", "vit-b16", "vit-l14", "rn50")
+# random weights of the real architectures (tools/backbone_cost.py); the backbone configs' input size is 224 for all
+ARCHITECTURE_OF = {"vit-b32": "ViT-B/32", "vit-b16": "ViT-B/16", "vit-l14": "ViT-L/14", "rn50": "RN50"}
 WORKLOADS = ("decode_once", "pil_views", "gpu_views", "zeroshot", "zeroshot_workers", "zeroshot_model", "must_step", "must_model",
              "must_encoders", "fair_step", "fair_model", "fair_encoders")
 TRAINER_NODES = {"ZeroshotCLIP": "ZSCLIP", "MUST": "MUST", "FAIR": "FAIR"}
@@ -76,12 +78,10 @@ def clip_file(model, folder, weights):
         from fairclip.tools.make_tiny_clip import save_tiny_clip
 
         return save_tiny_clip(path, "state_dict")
-    from clip.model import CLIP
+    from fairclip.tools.backbone_cost import build as build_clip
 
-    torch.manual_seed(0)
-    vit_b32 = CLIP(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
-                   context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8, transformer_layers=12)
-    torch.save({k: v.half() for k, v in vit_b32.state_dict().items()}, path)  # half the file; loaded as fp32
+    model = build_clip(ARCHITECTURE_OF[model], seed=0)
+    torch.save({k: v.half() for k, v in model.state_dict().items()}, path)  # half the file; loaded as fp32
     return path
 
 
@@ -413,7 +413,9 @@ def build_parser():
     parser.add_argument("--batch", type=int, default=None, help="train batch (default 256 cuda, 8 cpu)")
     parser.add_argument("--eval-batch", type=int, default=None, help="zero-shot batch (default 1024 cuda, 16 cpu)")
     parser.add_argument("--eval-batches", type=int, default=None, help="zero-shot batches per pass (default 24 cuda, 3 cpu)")
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=None, help="default: vit-b32 on cuda, both on cpu")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=None,
+                        help="default: vit-b32 on cuda, tiny and vit-b32 on cpu (vit-b16, vit-l14, rn50: the other "
+                        "backbone configs' architectures)")
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20 cuda, 3 cpu)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 cuda, 1 cpu)")
@@ -435,7 +437,7 @@ def main(argv=None):
     if gpu and not torch.cuda.is_available():
         return report_error("--device cuda but no CUDA GPU is visible; use --device cpu")
     defaults = {"precision": "bf16" if gpu else "fp32", "batch": 256 if gpu else 8, "eval_batch": 1024 if gpu else 16,
-                "eval_batches": 24 if gpu else 3, "models": ["vit-b32"] if gpu else list(MODELS),
+                "eval_batches": 24 if gpu else 3, "models": ["vit-b32"] if gpu else ["tiny", "vit-b32"],
                 "steps": 15 if gpu else 2, "warmup": 5 if gpu else 1, "rounds": 2 if gpu else 3,
                 "workers": min(12, os.cpu_count() or 1) if gpu else 0,
                 "classes": 37 if gpu else 10, "decode_images": 512 if gpu else 64, "pil_images": 64 if gpu else 16}

@@ -3,6 +3,8 @@
     python -m tools.run_jobs --datasets dtd eurosat oxford_pets --methods fair zsclip --seeds 1 2 3 \
         [--gpus 0,1 | --gpus cpu:2] [--per-gpu 1] [--data DATA] [--output OUTPUT] [--cfg vit_b32] \
         [--dry-run] [-- KEY VALUE ...]
+    python -m tools.run_jobs --launcher slurm --partition P --gpus-per-job 1 ...   # Slurm via submitit
+    python -m tools.run_jobs --plan ...        # what the sweep costs (images x epochs x views, GPU-hours)
 
 Each job is one seed of ``scripts/<method>/main.sh <dataset> [KEY VALUE ...]`` (so per-dataset overrides,
 resuming and the output layout are the scripts' own) with ``CUDA_VISIBLE_DEVICES`` set to its GPU.
@@ -10,6 +12,8 @@ A job whose ``<output>/<dataset>/<TRAINER>/<cfg>/seed<k>/results.json`` exists i
 one resumes. Logs go to ``<output>/jobs/<dataset>.<method>.seed<k>.log`` and a summary to
 ``<output>/jobs/summary.json``. Exit status: 0 when every job finished, 1 when one failed, 2 for bad input.
 For this project's many small runs this beats DDP; use torchrun (docs/speed.md) for one big run.
+Launchers other than the local one (Slurm through submitit) live in ``tools/launchers.py``, the cost
+planner in ``tools/sweep_plan.py``; both take the jobs planned here.
 """
 import argparse
 import itertools
@@ -26,6 +30,7 @@ sys.path.insert(0, REPO)
 
 from fairclip.toolbox.errors import UserError, report_error  # noqa: E402
 from fairclip.toolbox.io import atomic_write_json  # noqa: E402
+from fairclip.tools import launchers  # noqa: E402
 
 _SCRIPT_LINE = re.compile(r'run_seeds\.sh"?\s+(\S+)\s+(train|eval)\b')
 
@@ -184,7 +189,10 @@ def build_parser():
     parser.add_argument("--output", default=os.environ.get("OUTPUT", "./output"))
     parser.add_argument("--cfg", default=os.environ.get("CFG", "vit_b32"), help="method config name")
     parser.add_argument("--python", default=sys.executable, help="interpreter for train.py")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (or what would be submitted) and exit")
+    parser.add_argument("--plan", action="store_true", help="print what the sweep costs (train images x epochs x "
+                        "views, estimated GPU-hours) and exit")
+    launchers.add_arguments(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="-- KEY VALUE ... passed to every run")
     return parser
 
@@ -196,8 +204,14 @@ def main(argv=None):
     try:
         if len(args.opts) % 2:
             raise UserError("overrides after -- must be KEY VALUE pairs, got {}".format(args.opts))
-        slots = parse_slots(args.gpus, args.per_gpu)
         jobs = plan_jobs(args.datasets, args.methods, args.seeds, args.output, args.cfg)
+        if args.plan:
+            from fairclip.tools.sweep_plan import print_plan
+
+            return print_plan(jobs, args.cfg, args.opts)
+        if args.launcher != "local":
+            return launchers.launch(jobs, args)
+        slots = parse_slots(args.gpus, args.per_gpu)
     except UserError as exc:
         return report_error(exc)
     todo = sum(not j["finished"] for j in jobs)

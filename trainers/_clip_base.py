@@ -4,11 +4,15 @@
 * the frozen CLIP (``MODEL.BACKBONE.NAME`` or ``.PATH``) and the dataset's class texts: templates
   (``DATASET.TEMPLATES``) and descriptions (``DATASET.DESCRIPTIONS``), encoded once and cached;
 * ``test()``: the evaluation loop, which also writes ``results.json`` after the final test;
-* ``load_model``: tolerant of checkpoints without ``val_result``; with no ``--load-epoch`` it loads the
-  last checkpoint of the model dir (its ``checkpoint`` pointer). A training run writes its class names
-  (``classnames.json``) beside its checkpoints, so a model can be tested on a dataset whose classes are a
-  subset or a reordering of them (ImageNet -> ImageNet-A/-R): per-class tensors (``per_class_dims``) keep
-  the rows of the test set's classes, matched by class name;
+* checkpoints (``trainers._checkpoints``, the same on both backends): written atomically with the run's
+  identity and every random state and counter; read with ``weights_only=True`` and checked against the run
+  (strict weights, same trainer / dataset / class count / backbone; resuming also needs the same training
+  settings); a resumed run trains exactly what the uninterrupted run trains. ``load_model`` with no
+  ``--load-epoch`` loads the last checkpoint of the model dir (its ``checkpoint`` pointer);
+* the output folder (``trainers._run_folder``): locked for the run, and only the same run resumes in it;
+* a training run also writes its class names (``classnames.json``) beside its checkpoints, so a model can be
+  tested on a dataset whose classes are a subset or a reordering of them (ImageNet -> ImageNet-A/-R): per-class
+  tensors (``per_class_dims``) keep the rows of the test set's classes, matched by class name;
 * a reader marked ``EVAL_ONLY`` (the ImageNet test sets) is refused for training;
 * per-epoch logging (``log_epoch``) kept in the results' history;
 * precision: ``autocast()`` is bf16 autocast over fp32 master weights when the trainer's PREC is bf16;
@@ -20,10 +24,13 @@
 """
 import contextlib
 import datetime
+import errno
 import os.path as osp
+import random
 import resource
 import time
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -32,15 +39,18 @@ from tqdm import tqdm
 from fairclip import datasets
 from fairclip.config import check_loader_keys
 from fairclip.clip_backbone import description_bank, load_clip_from_cfg, template_classifier
+from fairclip.clip_backbone.loading import freeze_batchnorm_statistics, visual_architecture
 from fairclip.datasets.common import SkipUnreadableWrapper, eval_split_name
 from fairclip.datasets.decoded_cache import CachedImages, canvas_loader, open_decoded_cache
 from fairclip.datasets.texts import load_descriptions
-from fairclip.toolbox import AverageMeter, DataManager, MetricMeter, TrainerX, load_checkpoint, read_json
+from fairclip.toolbox import AverageMeter, DataManager, MetricMeter, TrainerX, read_json
+from fairclip.toolbox.checkpoints import POINTER, pointer_epoch, pointer_target, safe_load
 from fairclip.toolbox.errors import UserError
-from fairclip.toolbox.io import atomic_write_json
+from fairclip.toolbox.io import atomic_torch_save, atomic_write_json, atomic_write_text
 
-from . import _distributed
+from . import _checkpoints, _distributed, _run_folder
 from ._gpu_views import DeviceViewLoader, GpuViews, center_view
+from ._losses import RunningMarginal
 from ._pinned_loader import PinnedCenterLoader, use_pinned_center_loader
 from ._results import build_results, write_results
 
@@ -54,7 +64,8 @@ class TrainableState(nn.Module):
     """A module whose checkpoints hold only its trainable tensors (plus ``extra_state_keys``).
 
     CLIP's frozen weights are rebuilt from the backbone file, so saving them every epoch would only
-    cost disk. Loading tolerates the missing frozen keys but rejects unknown ones.
+    cost disk. Loading (strict by default) needs every trained tensor with its shape and rejects unknown
+    keys; the frozen keys may be absent.
     """
 
     extra_state_keys = ()  # name prefixes of non-trainable entries to keep (e.g. running buffers)
@@ -77,16 +88,12 @@ class TrainableState(nn.Module):
         return type(full)((k, v) for k, v in full.items() if k in trainable or (keep and k.startswith(keep)))
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
+        if strict:
+            problem = _checkpoints.state_dict_problems(self, state_dict)
+            if problem:
+                raise UserError("the weights do not fit this model: {} (written by another trainer or "
+                                "backbone?)".format(problem))
         own = super().state_dict()
-        unknown = [k for k in state_dict if k not in own]
-        if unknown and strict:
-            raise UserError("checkpoint has keys this model does not know: {} (was it written by another "
-                            "trainer or backbone?)".format(unknown[:5]))
-        wrong = [k for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-        if wrong:
-            k = wrong[0]
-            raise UserError("checkpoint entry '{}' has shape {}, this model {} (was it trained on another dataset, "
-                            "or with other TRAINER settings?)".format(k, tuple(state_dict[k].shape), tuple(own[k].shape)))
         return super().load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
 
 
@@ -171,12 +178,17 @@ class ClipTrainer(TrainerX):
             max_unreadable=cfg.DATASET.MAX_UNREADABLE, label="{} {}".format(cfg.DATASET.NAME, split),
             eval_split=eval_split_name(items))
         batch = cfg.DATALOADER.TRAIN_X.BATCH_SIZE if is_train else cfg.DATALOADER.TEST.BATCH_SIZE
+        # The train loader shuffles with its own generators (checkpointed), not the global stream.
+        seed = max(int(cfg.SEED), 0) * 1000 + self.rank + 250 if is_train else None
         return canvas_loader(CachedImages(items, cache), batch, is_train, cfg.DATALOADER.NUM_WORKERS,
-                             pin_memory=self.device.type == "cuda", center_square=center_only)
+                             pin_memory=self.device.type == "cuda", center_square=center_only, seed=seed)
 
     def build_gpu_view_loaders(self, dm):
         seed = max(int(self.cfg.SEED), 0) * 1000 + self.rank
         views = GpuViews.from_cfg(self.cfg, self.device, seed=seed)
+        # Test views (random only for test-time crops) have their own generator, reseeded at every pass:
+        # an evaluation never moves the training stream and every evaluation sees the same crops.
+        test_views = GpuViews.from_cfg(self.cfg, self.device, seed=seed + 500)
         train_specs, test_specs = self.gpu_train_views(), self.gpu_test_views()
         if train_specs:
             loader = self.cached_loader(dm.dataset.train_x, "train", is_train=True)
@@ -191,11 +203,11 @@ class ClipTrainer(TrainerX):
                 # threads gather straight into pinned memory: the worker-process path halves evaluation speed
                 loader = PinnedCenterLoader(loader.dataset, loader.sampler, loader.batch_size, self.device,
                                             threads=min(4, workers))
-            self.test_loader = DeviceViewLoader(loader, views, test_specs)
+            self.test_loader = DeviceViewLoader(loader, test_views, test_specs, reseed=True)
             uses_val = self.cfg.TEST.SPLIT == "val" or self.cfg.TEST.FINAL_MODEL == "best_val"
             if dm.dataset.val and uses_val:  # else the val split is never read: not worth decoding
                 loader = self.cached_loader(dm.dataset.val, "val", is_train=False, center_only=center_only)
-                self.val_loader = DeviceViewLoader(_distributed.eval_loader(loader), views, test_specs)
+                self.val_loader = DeviceViewLoader(_distributed.eval_loader(loader), test_views, test_specs, reseed=True)
             self.view_path["test"] = "gpu"
         print("Views: train on {train}, test on {test}".format(**self.view_path))
 
@@ -290,9 +302,10 @@ class ClipTrainer(TrainerX):
         preds, labels = [], []
         start = time.time()
         # A diagnostic evaluation during training must not move the training's random stream (a loader
-        # iterator draws its base seed from it): evaluate on a forked RNG.
+        # iterator draws its base seed from it; CPU test-time crops draw from Python's): evaluate on forked
+        # torch, Python and NumPy generators.
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), forked_host_rng():
             for batch in tqdm(loader, disable=not (self.cfg.VERBOSE and _distributed.is_main())):
                 images, label = self.parse_batch_test(batch)
                 preds.append(self.model_inference(images).argmax(1))
@@ -394,15 +407,121 @@ class ClipTrainer(TrainerX):
             return
         record = build_results(self, evaluation)
         path = osp.join(self.cfg.OUTPUT_DIR, "results.json")
-        write_results(record, path)
+        with write_errors(path):
+            write_results(record, path)
         print("Results written to {}".format(path))
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, start_epoch=None, max_epoch=None):
+        """The engine's loop (``before_train``, epochs, ``after_train``) with exact resume: the random state
+        a checkpoint recorded is restored after every ``before_train`` hook has run (a hook may draw random
+        numbers, e.g. a loader over the train split), i.e. just before the first epoch trains."""
+        self.start_epoch = self.start_epoch if start_epoch is None else start_epoch
+        self.max_epoch = self.max_epoch if max_epoch is None else max_epoch
+        self._resume_state = None
+        self.before_train()  # resumes: self.start_epoch, weights, optimizer, scheduler, counters
+        if self._resume_state is not None:
+            _checkpoints.restore_rank_random_state(self, self._resume_state)
+            self._resume_state = None
+        if self.start_epoch > 0:
+            self.epoch = self.start_epoch - 1  # the last epoch done (a finished run resumed at its end)
+        for self.epoch in range(self.start_epoch, self.max_epoch):
+            self.before_epoch()
+            self.run_epoch()
+            self.after_epoch()
+        self.after_train()
+
+    def extra_checkpoint_state(self):
+        """Trainer state outside the registered modules that may carry from one epoch to the next (tensors
+        and plain values), saved with every checkpoint; ``load_extra_checkpoint_state`` puts it back on
+        resume. Here: the value of every ``RunningMarginal`` attribute (the shipped trainers reset theirs in
+        ``before_epoch``, so nothing else carries over). A trainer that adds state extends both (and calls
+        super)."""
+        return {"running_marginals": {name: obj.value for name, obj in vars(self).items()
+                                      if isinstance(obj, RunningMarginal)}}
+
+    def load_extra_checkpoint_state(self, state):
+        for name, value in (state.get("running_marginals") or {}).items():
+            marginal = getattr(self, name, None)
+            if isinstance(marginal, RunningMarginal):
+                marginal.value = value.to(self.device) if torch.is_tensor(value) else value
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
-        if _distributed.is_main():  # every rank holds the same weights; one writes them
-            super().save_model(epoch, directory, is_best=is_best, val_result=val_result, model_name=model_name)
+        """Write each registered model's checkpoint atomically (``toolbox.io``, on both backends) with the
+        run's identity and resume state; regular checkpoints also move the ``checkpoint`` pointer (a
+        ``model_name`` such as model-best.pth.tar does not). Disk full or any write error: one line saying
+        which checkpoint is still intact."""
+        run_state = _checkpoints.capture_run_state(self)  # every rank takes part (DDP)
+        if not _distributed.is_main():  # every rank holds the same weights; one writes them
+            return
+        ident = _checkpoints.identity(self)
+        for name in self.get_model_names():
+            folder = osp.join(directory, name)
+            file_name = model_name or "model.pth.tar-{}".format(epoch + 1)
+            path = osp.join(folder, file_name)
+            state = _checkpoints.checkpoint_state(self._models[name], self._optims[name], self._scheds[name],
+                                                  epoch, val_result, ident, run_state)
+            try:
+                atomic_torch_save(state, path)
+                if not model_name:
+                    atomic_write_text(file_name + "\n", osp.join(folder, POINTER))
+                if is_best:
+                    atomic_torch_save(state, osp.join(folder, "model-best.pth.tar"))
+            except OSError as exc:
+                raise self._write_failure(path, folder, exc) from exc
+            print('Checkpoint saved to "{}"'.format(path))
+        try:
             atomic_write_json({"dataset": self.cfg.DATASET.NAME, "classnames": self.classnames},
                               osp.join(directory, CLASSNAMES_FILE))
+        except OSError as exc:
+            raise self._write_failure(osp.join(directory, CLASSNAMES_FILE), folder, exc) from exc
+
+    def _write_failure(self, path, folder, exc):
+        done = pointer_epoch(folder) if osp.isfile(osp.join(folder, POINTER)) else None
+        kept = ("the last good checkpoint ({}, epoch {}) is intact: free space and rerun the same command to "
+                "resume from epoch {}".format(osp.join(folder, "model.pth.tar-{}".format(done)), done, done + 1)
+                if done else "no earlier checkpoint of this run exists, so a rerun starts from epoch 1")
+        return UserError("cannot write checkpoint {} ({}); {}".format(path, describe_os_error(exc), kept))
+
+    def resume_model_if_exist(self, directory):
+        """Resume from the checkpoints in ``directory`` (pointer -> file in the same folder, weights-only
+        load, identity and training settings checked, strict weights), or start from scratch when none."""
+        names = self.get_model_names()
+        folders = [osp.join(directory, name) for name in names]
+        have = [osp.isfile(osp.join(folder, POINTER)) for folder in folders]
+        if not any(have):
+            print("No checkpoint found, train from scratch")
+            return 0
+        if not all(have):
+            raise UserError("{}: checkpoints exist for {} but not for {}; pass --fresh (scripts: FRESH=1) to start "
+                            "afresh".format(directory, [n for n, h in zip(names, have) if h],
+                                            [n for n, h in zip(names, have) if not h]))
+        print("Found checkpoint at {} (will resume training)".format(directory))
+        epochs, run_state = [], None
+        for name, folder in zip(names, folders):
+            path = pointer_target(folder)
+            checkpoint = safe_load(path)
+            _checkpoints.check_identity(checkpoint, self, path, resume=True)
+            _checkpoints.load_weights(self._models[name], checkpoint["state_dict"], path)
+            for what, obj in (("optimizer", self._optims[name]), ("scheduler", self._scheds[name])):
+                if obj is None:
+                    continue
+                try:
+                    obj.load_state_dict(checkpoint[what])
+                except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
+                    raise UserError("checkpoint {}: its {} state does not fit this run ({}); pass --fresh "
+                                    "(scripts: FRESH=1) to start afresh".format(
+                                        path, what, (str(exc).splitlines() or [type(exc).__name__])[0])) from exc
+            epochs.append(int(checkpoint["epoch"]))
+            run_state = checkpoint[_checkpoints.KEY]["resume"]
+            print("Resuming {} from {} ({} epoch(s) done)".format(name, path, epochs[-1]))
+        if len(set(epochs)) > 1:
+            raise UserError("{}: the models' checkpoints are at different epochs {}; pass --fresh (scripts: "
+                            "FRESH=1) to start afresh".format(directory, epochs))
+        _checkpoints.restore_counters(self, run_state)
+        self._resume_state = run_state  # random state: restored when the first epoch starts (train())
+        return epochs[0]
 
     def class_index_from(self, directory):
         """For a model trained on other classes: a LongTensor giving, for each class of this dataset, its
@@ -443,25 +562,27 @@ class ClipTrainer(TrainerX):
         for name in names:
             folder = osp.join(directory, name)
             if epoch is not None:
-                model_file = "model.pth.tar-{}".format(epoch)
+                path = osp.join(folder, "model.pth.tar-{}".format(epoch))
             elif osp.isfile(osp.join(folder, "model-best.pth.tar")) and self.cfg.TEST.FINAL_MODEL == "best_val":
-                model_file = "model-best.pth.tar"
-            elif osp.isfile(osp.join(folder, "checkpoint")):
-                with open(osp.join(folder, "checkpoint")) as f:
-                    model_file = f.readline().strip()
+                path = osp.join(folder, "model-best.pth.tar")
+            elif osp.isfile(osp.join(folder, POINTER)):
+                path = pointer_target(folder)
             else:
                 raise UserError("--model-dir {}: no checkpoint for '{}' (expected {}/checkpoint); point it at a "
                                 "finished run's output folder".format(directory, name, folder))
-            path = osp.join(folder, model_file)
             if not osp.isfile(path):
                 raise UserError("--model-dir {}: {} does not exist (--load-epoch {} was never saved?)".format(
                     directory, path, epoch))
-            checkpoint = load_checkpoint(path)
-            print("Loading weights to {} from {} (epoch {})".format(name, path, checkpoint.get("epoch")))
+            checkpoint = safe_load(path)
+            diffs = _checkpoints.check_identity(checkpoint, self, path, resume=False)
             state = checkpoint["state_dict"]
             if index is not None:
                 state = self._models[name].select_classes(state, index)
-            self._models[name].load_state_dict(state)
+            _checkpoints.load_weights(self._models[name], state, path, diffs)
+            print("Loading weights to {} from {} (epoch {})".format(name, path, checkpoint.get("epoch")))
+            if diffs:
+                print("Note: {} was trained with other settings than this run's: {}".format(
+                    path, _run_folder.summarize(diffs)))
             self.loaded_epoch = checkpoint.get("epoch")
 
     # ------------------------------------------------------------------ logging
@@ -473,10 +594,9 @@ class ClipTrainer(TrainerX):
             raise UserError("{} is an evaluation-only test set (its images are the test split): adapt on ImageNet and "
                             "test the model here with --eval-only --model-dir <that run's output folder>".format(
                                 self.cfg.DATASET.NAME))
-        super().before_train()
-        # A resumed run keeps the per-epoch records of the epochs it does not redo.
-        if self.start_epoch > 0 and osp.isfile(self.history_path()):
-            self.history = [r for r in read_json(self.history_path()) if r.get("epoch", 0) <= self.start_epoch]
+        if _distributed.is_main():
+            _run_folder.prepare(self.cfg)  # lock + config record (already done by train.py: a no-op then)
+        super().before_train()  # resume (history and counters come back from the checkpoint), writer
 
     def init_writer(self, log_dir):
         if _distributed.is_main():
@@ -493,7 +613,8 @@ class ClipTrainer(TrainerX):
         self.history.append(record)
         if not _distributed.is_main():
             return
-        atomic_write_json(self.history, self.history_path())
+        with write_errors(self.history_path()):
+            atomic_write_json(self.history, self.history_path())
         print("epoch {} summary: ".format(self.epoch + 1) + " ".join(
             "{}={:.4g}".format(k, v) if isinstance(v, float) else "{}={}".format(k, v)
             for k, v in record.items() if k != "epoch"))
@@ -502,19 +623,82 @@ class ClipTrainer(TrainerX):
                 self.write_scalar("epoch/" + k, v, self.epoch + 1)
 
 
+@contextlib.contextmanager
+def forked_host_rng():
+    """Run a block without moving Python's and NumPy's global random streams."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def describe_os_error(exc):
+    name = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+    text = exc.strerror or str(exc)
+    return "{}{}".format(text, " [{}]".format(name) if name else "")
+
+
+@contextlib.contextmanager
+def write_errors(path):
+    """A failed write of ``path`` (disk full, read-only, ...) becomes one line naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError("cannot write {} ({}); free space or fix the folder's permissions, then rerun the same "
+                        "command (a training run resumes from its last checkpoint)".format(
+                            path, describe_os_error(exc))) from exc
+
+
 def visual_layernorms(clip_model):
     """The LayerNorm modules of CLIP's image tower (ln_pre, ln_1/ln_2 of every block, ln_post)."""
     return [m for m in clip_model.visual.modules() if isinstance(m, nn.LayerNorm)]
 
 
-def unfreeze_visual_layernorms(clip_model):
-    """Make only the visual LayerNorms trainable; returns their parameters."""
+def visual_norms(clip_model):
+    """The normalisation layers of CLIP's image tower that the norm-tuning trainers (FAIR, MUST, DPA) train.
+
+    * ViT (ViT-B/32, B/16, L/14...): every LayerNorm (``visual_layernorms``);
+    * ModifiedResNet (RN50, RN101, RN50x4...), which has no LayerNorm: every BatchNorm2d (the stem's three,
+      three per bottleneck and one per downsample branch). The rule for these: **only their affine weight and
+      bias train; the running statistics stay the pretrained ones** (the layers always normalise in eval mode,
+      ``clip_backbone.loading.FrozenStatsBatchNorm2d``), so a BatchNorm plays the part of a LayerNorm's gain
+      and bias and the result does not depend on the batch size.
+    """
+    if visual_architecture(clip_model) == "vit":
+        return visual_layernorms(clip_model)
+    freeze_batchnorm_statistics(clip_model.visual)  # already so when loaded by clip_backbone.load_clip
+    return [m for m in clip_model.visual.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def visual_norms_description(clip_model):
+    """What ``unfreeze_visual_norms`` trains, in words (for logs)."""
+    if visual_architecture(clip_model) == "vit":
+        return "visual LayerNorms"
+    return "visual BatchNorm weights and biases (running statistics frozen)"
+
+
+def unfreeze_visual_norms(clip_model):
+    """Make only the image tower's normalisation layers trainable (``visual_norms``: the LayerNorms of a
+    ViT, the BatchNorm affine parameters of a ResNet); returns their parameters."""
     for p in clip_model.parameters():
         p.requires_grad_(False)
-    params = [p for m in visual_layernorms(clip_model) for p in m.parameters()]
+    norms = visual_norms(clip_model)
+    params = [p for m in norms for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
+    if visual_architecture(clip_model) != "vit":
+        print("ResNet image tower: training the weight and bias of its {} BatchNorm layers ({} parameters); "
+              "their running statistics stay frozen".format(len(norms), sum(p.numel() for p in params)))
     return params
+
+
+def unfreeze_visual_layernorms(clip_model):
+    """Make only the visual normalisation layers trainable; returns their parameters. The LayerNorms of a
+    ViT; on a ResNet tower (no LayerNorm) the BatchNorm affine parameters with frozen running statistics
+    (``unfreeze_visual_norms``, which this name delegates to)."""
+    return unfreeze_visual_norms(clip_model)
 
 
 def peak_memory_mb(device):

@@ -119,6 +119,7 @@ def _rebuild(loader, sampler, drop_last, batch_size=None):
         loader.dataset, batch_size=batch_size or loader.batch_size, sampler=sampler,
         num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
         drop_last=drop_last, persistent_workers=loader.num_workers > 0 and getattr(loader, "persistent_workers", False),
+        generator=getattr(loader, "generator", None),  # the workers' base seed stays off the global stream
     )
 
 
@@ -148,6 +149,15 @@ def set_epoch(loader, epoch):
     sampler = getattr(loader, "sampler", None)
     if isinstance(sampler, DistributedSampler):
         sampler.set_epoch(epoch)
+
+
+def all_gather_object(obj):
+    """``[obj of rank 0, obj of rank 1, ...]`` (a collective call); ``[obj]`` when not distributed."""
+    if not is_distributed():
+        return [obj]
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def gather_cat(tensor):

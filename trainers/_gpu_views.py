@@ -143,8 +143,9 @@ class GpuViews:
         self.size = int(size)
         self.interpolation = interpolation
         self.device = torch.device(device)
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(int(seed))
+        self.seed = int(seed)
+        self.generator = torch.Generator(device=self.device)  # checkpointed with the run (trainers._checkpoints)
+        self.generator.manual_seed(self.seed)
         std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._scale, self._shift = 1.0 / (255.0 * std), mean / std
@@ -162,6 +163,10 @@ class GpuViews:
         return cls(size[0], cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD, cfg.INPUT.INTERPOLATION, seed, device)
 
     # ------------------------------------------------------------------ random numbers
+    def reseed(self):
+        """Restart the random stream from the seed it was made with."""
+        self.generator.manual_seed(self.seed)
+
     def _rand(self, *shape):
         return torch.rand(shape, generator=self.generator, device=self.device)
 
@@ -359,12 +364,14 @@ class DeviceViewLoader:
     the same batches with ``canvas``/``sizes`` replaced by the views of ``specs`` made on the device,
     under the batch keys the CPU path uses (``img``, ``img2``, ...). On CUDA every tensor of the batch
     (labels too) is on the device, and the next batch's copy runs on a side stream while the current
-    batch is being used."""
+    batch is being used. ``reseed``: every pass starts the view maker's stream afresh (evaluation loaders:
+    the same test-time crops at every evaluation)."""
 
-    def __init__(self, loader, views, specs):
+    def __init__(self, loader, views, specs, reseed=False):
         self.loader = loader
         self.views = views
         self.specs = list(specs)
+        self.reseed = reseed
 
     def __len__(self):
         return len(self.loader)
@@ -386,6 +393,8 @@ class DeviceViewLoader:
         return batch
 
     def __iter__(self):
+        if self.reseed:
+            self.views.reseed()
         device = self.views.device
         if device.type != "cuda":
             for batch in self.loader:

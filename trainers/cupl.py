@@ -3,11 +3,16 @@
 The descriptions come from ``DATASET.DESCRIPTIONS`` (ours by default; any CuPL-format file works).
 ``TRAINER.CUPL.WEIGHTING``: ``mean`` (CuPL), or weight each description by its similarity to the
 class-name template embedding, ``linear`` (normalised cosine) or ``softmax`` (softmax of e^2 * cosine).
-``TRAINER.CUPL.ADD_TEMPLATES`` also averages in the template embeddings (CuPL's "full" ensemble).
+``TRAINER.CUPL.ADD_TEMPLATES`` also averages in the template embeddings (CuPL's "full" ensemble): every
+normalised template and description embedding of the class counts once in one mean, as in CuPL's
+``zeroshot_classifier_gpt(..., use_both=True)``; with a weighting other than ``mean`` the descriptions keep
+their total weight (their count) and are spread by the weights.
 """
+import torch
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
+from fairclip.clip_backbone.text import encode_texts, fill_template
 from fairclip.toolbox import TRAINER_REGISTRY
 
 from ._alignment import description_prototypes, description_weights
@@ -28,13 +33,20 @@ class CuPL(ZeroshotCLIP):
     def build_classifier(self):
         node = self.cfg.TRAINER.CUPL
         emb, mask = self.description_bank()
-        anchor = self.template_classifier() if (node.WEIGHTING != "mean" or node.ADD_TEMPLATES) else None
-        classifier = description_prototypes(emb, mask, description_weights(emb, mask, anchor, node.WEIGHTING))
+        anchor = self.template_classifier() if node.WEIGHTING != "mean" else None
+        weights = description_weights(emb, mask, anchor, node.WEIGHTING)
+        classifier = description_prototypes(emb, mask, weights)
         if node.ADD_TEMPLATES:
-            n_desc = mask.sum(1, keepdim=True).float()
-            n_tmpl = float(len(self.templates()))
-            classifier = F.normalize(classifier * n_desc + anchor * n_tmpl, dim=-1)
+            desc_sum = torch.einsum("km,kmd->kd", weights * mask.sum(1, keepdim=True).float(), emb)
+            classifier = F.normalize(desc_sum + self.template_embeddings().sum(1), dim=-1)
         return classifier
+
+    def template_embeddings(self):
+        """``[K, T, D]``: the normalised embedding of every template filled with every class name."""
+        templates = self.templates()
+        texts = [fill_template(t, c) for c in self.classnames for t in templates]
+        feats = encode_texts(self.clip_model, texts, self.clip_info["fingerprint"], self.text_cache_dir)
+        return feats.view(len(self.classnames), len(templates), -1).to(self.device)
 
     def text_sources(self):
         node = self.cfg.TRAINER.CUPL

@@ -2,12 +2,15 @@
 
 Per test image: the centre view gives ``g``; ``N`` random square crops give ``c_n``. Each crop is weighted
 by how much it agrees with the whole image, ``a = softmax(CROP_TAU * <c_n, g>)``; each class's
-descriptions by how much they agree with the class-name embedding, ``v_k = softmax(DESC_TAU * <d_km, t_k>)``.
+descriptions by how much they agree with the class-name embedding, ``v_k = softmax(DESC_TAU * <d_km, t_k>)``,
+where ``t_k`` is the embedding of ``ANCHOR_TEMPLATES`` filled with the class name (WCA: "a photo of a {}.").
 The score is ``<normalize(sum_n a_n c_n), W_k>`` with ``W_k = normalize(sum_m v_km d_km)`` (the bilinear
 form of WCA's weighted crop x description similarity), optionally plus ``GLOBAL_WEIGHT * <g, W_k>``.
 
 Crops are seeded by ``SEED`` and the image content, so a result does not depend on the data-loader
-worker count or the batch order; WCA averages several random draws, which the script's seeds give.
+worker count or the batch order; WCA averages several random draws, which the script's seeds give. A
+crop's side is ``floor(U(MIN_FRAC, MAX_FRAC) * min(H, W))`` pixels at a uniform position, as WCA crops.
+docs/parity.md compares this trainer with WCA's released code.
 Run with ``--eval-only``; the train split is never read.
 """
 import hashlib
@@ -17,12 +20,13 @@ import random
 import torch
 from yacs.config import CfgNode as CN
 
+from fairclip.datasets.templates import get_templates
 from fairclip.toolbox import TRAINER_REGISTRY, build_transform
 from fairclip.toolbox.errors import UserError
 
 from ._alignment import crop_relevance, crop_weights, description_prototypes, weighted_composite
 from ._clip_base import ClipTrainer
-from ._views import LocalCrops, sample_square_crop
+from ._views import LocalCrops
 
 
 def add_config(cfg):
@@ -34,6 +38,9 @@ def add_config(cfg):
     # loader in its released main.py calls the crop function with its default lower bound 0.1.
     c.MIN_FRAC = 0.5
     c.MAX_FRAC = 0.9
+    # The class-name prompt t_k that weights the descriptions: "single" ("a photo of a {}.", as WCA), or any
+    # DATASET.TEMPLATES value ("ensemble", "coop", a JSON file).
+    c.ANCHOR_TEMPLATES = "single"
     c.CROP_TAU = math.exp(4)  # crop weights softmax(tau * <c_n, g>) (WCA: e^4; 0 = uniform)
     c.DESC_TAU = math.exp(2)  # description weights softmax(tau * <d, t_k>) (WCA: e^2; 0 = CuPL mean)
     # Reconstructed option (0 = WCA): also add the centre view's own score, weighted by this.
@@ -58,6 +65,13 @@ def wca_scores(global_feats, crop_feats, prototypes, crop_tau, global_weight=0.0
     return scores
 
 
+def wca_square_crop(width, height, min_frac, max_frac, rng):
+    """A box ``(left, top, side)``: side ``floor(U(min_frac, max_frac) * min(W, H))`` (at least 1), position
+    uniform over the image (WCA's ``RandomCrop(int(n_px))``)."""
+    side = max(1, int(rng.uniform(min_frac, max_frac) * min(width, height)))
+    return rng.randint(0, width - side), rng.randint(0, height - side), side
+
+
 def image_seed(img, seed):
     """A seed from the run's seed and a small fingerprint of the image (size + 8x8 thumbnail)."""
     h = hashlib.sha256("{}:{}x{}:".format(seed, *img.size).encode())
@@ -75,7 +89,7 @@ class SeededLocalCrops(LocalCrops):
     def boxes(self, img):
         rng = random.Random(image_seed(img, self.seed))
         w, h = img.size
-        return [sample_square_crop(w, h, self.min_frac, self.max_frac, rng) for _ in range(self.n)]
+        return [wca_square_crop(w, h, self.min_frac, self.max_frac, rng) for _ in range(self.n)]
 
     def __call__(self, img):
         return torch.stack([self.finish(img.crop((x, y, x + s, y + s))) for x, y, s in self.boxes(img)])
@@ -106,12 +120,15 @@ class WCA(ClipTrainer):
     def build_method(self):
         c = self.cfg.TRAINER.WCA
         emb, mask = self.description_bank()
-        weights = softmax_description_weights(emb, mask, self.template_classifier(), c.DESC_TAU)
+        weights = softmax_description_weights(emb, mask, self.template_classifier(self.anchor_templates()), c.DESC_TAU)
         self.prototypes = description_prototypes(emb, mask, weights)  # [K, D]
+
+    def anchor_templates(self):
+        return get_templates(self.cfg.TRAINER.WCA.ANCHOR_TEMPLATES, self.dataset_key)
 
     def text_sources(self):
         c = self.cfg.TRAINER.WCA
-        return {"descriptions": self.descriptions_path(), "templates": str(self.cfg.DATASET.TEMPLATES),
+        return {"descriptions": self.descriptions_path(), "templates": str(c.ANCHOR_TEMPLATES),
                 "description_weighting": "softmax(tau={:.4g} * <d, t_k>)".format(c.DESC_TAU)}
 
     def parse_batch_test(self, batch):

@@ -1,7 +1,10 @@
 """Zero-shot CLIP: classify with the class-name template embeddings (no training).
 
-``DATASET.TEMPLATES`` picks the prompts: the dataset's template ensemble (default), the single
-"a photo of a {}." or a JSON list of templates. Run with ``--eval-only``.
+``DATASET.TEMPLATES`` picks the prompts. The method config sets ``coop``, the dataset's one hand-written
+template, so that this is CoOp's ``ZeroshotCLIP`` (docs/parity.md); ``ensemble`` gives CLIP's prompt
+ensemble for the dataset, ``single`` "a photo of a {}.", or a JSON list of templates. Each class embedding
+is the normalised mean of its normalised template embeddings; the logits are CLIP's scale times the cosine.
+CoOp runs CLIP in fp16; ``PREC`` here is fp32 or bf16 autocast. Run with ``--eval-only``.
 """
 from yacs.config import CfgNode as CN
 

@@ -1,9 +1,10 @@
 """Utilities mirroring ``dassl.utils``: registry, I/O, logging, seeding, meters, checkpoints.
 
 Differences from Dassl that keep behaviour but fix modern-torch breakage:
-* checkpoints are written atomically (temp file + ``os.replace``);
-* our own checkpoints are loaded with an explicit ``weights_only=False`` (they are local, trusted
-  files and hold optimizer/scheduler state that the safe unpickler rejects).
+* checkpoints are written atomically (temp file + ``os.replace``), ``model-best.pth.tar`` too;
+* checkpoints are loaded with ``weights_only=True`` (``toolbox.checkpoints.safe_load``): a file that would
+  import or call anything is refused before it runs; the ``checkpoint`` pointer may only name a plain
+  file in its folder (``toolbox.checkpoints.pointer_target``).
 """
 import difflib
 import errno
@@ -22,7 +23,8 @@ import PIL
 import torch
 from PIL import Image
 
-from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
+from ..checkpoints import pointer_target, safe_load
+from ..io import atomic_file, atomic_torch_save, atomic_write_json, atomic_write_text
 
 __all__ = [
     "Registry", "check_availability", "get_most_similar_str_to_a_from_b",
@@ -310,37 +312,21 @@ def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True
 
     if is_best:
         best_fpath = osp.join(osp.dirname(fpath), "model-best.pth.tar")
-        tmp = best_fpath + ".tmp"
-        shutil.copy(fpath, tmp)
-        os.replace(tmp, best_fpath)
+        with open(fpath, "rb") as src, atomic_file(best_fpath, "wb") as dst:
+            shutil.copyfileobj(src, dst)
         print('Best checkpoint saved to "{}"'.format(best_fpath))
 
 
 def load_checkpoint(fpath):
-    """Load a checkpoint written by ``save_checkpoint`` (a local, trusted file)."""
+    """Load a checkpoint with ``weights_only=True`` on the CPU (a one-line ``UserError`` for a missing,
+    damaged or code-carrying file)."""
     if fpath is None:
         raise ValueError("File path is None")
-    if not osp.exists(fpath):
-        raise FileNotFoundError('File is not found at "{}"'.format(fpath))
-    map_location = None if torch.cuda.is_available() else "cpu"
-    try:
-        return torch.load(fpath, map_location=map_location, weights_only=False)
-    except UnicodeDecodeError:
-        import pickle
-        from functools import partial
-
-        pickle.load = partial(pickle.load, encoding="latin1")
-        pickle.Unpickler = partial(pickle.Unpickler, encoding="latin1")
-        return torch.load(fpath, pickle_module=pickle, map_location=map_location, weights_only=False)
-    except Exception:
-        print('Unable to load checkpoint from "{}"'.format(fpath))
-        raise
+    return safe_load(fpath)
 
 
 def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
-    with open(osp.join(fdir, "checkpoint"), "r") as checkpoint:
-        model_name = checkpoint.readlines()[0].strip("\n")
-        fpath = osp.join(fdir, model_name)
+    fpath = pointer_target(fdir)
     print('Loading checkpoint from "{}"'.format(fpath))
     checkpoint = load_checkpoint(fpath)
     model.load_state_dict(checkpoint["state_dict"])
