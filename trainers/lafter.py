@@ -39,12 +39,13 @@ from PIL import ImageFilter
 from yacs.config import CfgNode as CN
 
 from fairclip.clip_backbone import encode_texts
+from fairclip.clip_backbone.loading import visual_architecture
 from fairclip.clip_backbone.text import fill_template
 from fairclip.toolbox import INTERPOLATION_MODES, TRAINER_REGISTRY, build_transform
 from fairclip.toolbox.errors import UserError
 
 from . import _distributed
-from ._clip_base import ClipTrainer, TrainableState
+from ._clip_base import ClipTrainer, TrainableState, unfreeze_visual_norms, visual_norms_description
 
 TEXT_SOURCES = ("lafter", "templates", "classnames")
 
@@ -117,10 +118,6 @@ def prompt_init_bound(width, patch=16):
     return math.sqrt(6.0 / float(3 * patch * patch + width))
 
 
-def is_vit(visual):
-    return hasattr(visual, "conv1") and hasattr(visual, "class_embedding") and hasattr(visual, "transformer")
-
-
 def prompted_image_features(visual, images, prompts=None):
     """CLIP ViT image features (projected, not normalised) with ``prompts`` ``[1, P, width]`` inserted
     after the class token of the ``ln_pre`` output (no positional embedding, no ``ln_pre`` on them)."""
@@ -134,21 +131,6 @@ def prompted_image_features(visual, images, prompts=None):
     x = visual.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
     x = visual.ln_post(x[:, 0, :])
     return x @ visual.proj if visual.proj is not None else x
-
-
-def visual_norm_layers(clip_model):
-    """LayerNorms and BatchNorms of the image tower (a ResNet has BatchNorms, a ViT LayerNorms)."""
-    return [m for m in clip_model.visual.modules() if isinstance(m, (nn.LayerNorm, nn.BatchNorm2d))]
-
-
-def unfreeze_visual_norms(clip_model):
-    """Only the image tower's normalisation layers' affine parameters train; returns them."""
-    for p in clip_model.parameters():
-        p.requires_grad_(False)
-    params = [p for m in visual_norm_layers(clip_model) for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    return params
 
 
 class RandomGaussianBlur:
@@ -253,7 +235,7 @@ class LaFTer(ClipTrainer):
     # ------------------------------------------------------------------ model
     def build_method(self):
         c = self.cfg.TRAINER.LAFTER
-        if c.N_PROMPTS > 0 and not is_vit(self.clip_model.visual):
+        if c.N_PROMPTS > 0 and visual_architecture(self.clip_model) != "vit":
             raise UserError("TRAINER.LAFTER.N_PROMPTS={}: visual prompts need a ViT backbone; set it to 0 for a "
                             "ResNet (its BatchNorm affine parameters are tuned instead)".format(c.N_PROMPTS))
         self.model = LafterModel(self.clip_model, self.num_classes, c.N_PROMPTS).to(self.device)
@@ -272,9 +254,9 @@ class LaFTer(ClipTrainer):
         self.register_model("lafter", self.model, self.optim, None)  # constant lr
         self.train_model = _distributed.wrap_model(self.model, self.device)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        print("LaFTer: {} trainable parameters ({} visual prompts, visual norms, classifier {}); text classifier "
-              "from {} texts ({})".format(n_train, c.N_PROMPTS, tuple(self.model.classifier.weight.shape),
-                                          len(texts), c.TEXT_SOURCE))
+        print("LaFTer: {} trainable parameters ({} visual prompts, {}, classifier {}); text classifier from {} "
+              "texts ({})".format(n_train, c.N_PROMPTS, visual_norms_description(self.clip_model),
+                                  tuple(self.model.classifier.weight.shape), len(texts), c.TEXT_SOURCE))
 
     def _descriptions_for_text(self):
         return self.descriptions() if self.cfg.TRAINER.LAFTER.TEXT_SOURCE == "lafter" else []
@@ -286,10 +268,6 @@ class LaFTer(ClipTrainer):
         if c.TEXT_SOURCE == "lafter":
             sources["descriptions"] = self.descriptions_path()
         return sources
-
-    def set_model_mode(self, mode="train", names=None):
-        super().set_model_mode(mode, names)
-        self.clip_model.eval()  # LaFTer keeps CLIP in eval mode (BatchNorm statistics stay frozen)
 
     # ------------------------------------------------------------------ phase 1
     def train_text_phase(self):

@@ -54,9 +54,8 @@ from fairclip.datasets.decoded_cache import canvas_loader
 from fairclip.toolbox import TRAINER_REGISTRY, build_data_loader, build_transform
 from fairclip.toolbox.errors import UserError
 
-from ._clip_base import ClipTrainer, TrainableState
+from ._clip_base import ClipTrainer, TrainableState, unfreeze_visual_norms
 from ._gpu_views import DeviceViewLoader, center_view
-from .lafter import unfreeze_visual_norms
 
 
 def add_config(cfg):
@@ -111,11 +110,11 @@ def knn_affinity(points, k, chunk_rows=1024):
         vals.append(top.reshape(-1))
     r, c, v = torch.cat(rows), torch.cat(cols), torch.cat(vals)
     index = torch.cat([torch.stack([r, c]), torch.stack([c, r])], dim=1)
-    w = torch.sparse_coo_tensor(index, torch.cat([v, v]) / 2.0, (n, n)).coalesce()
+    w = torch.sparse_coo_tensor(index, torch.cat([v, v]) / 2.0, (n, n), check_invariants=False).coalesce()
     index, values = w.indices(), w.values()
     degree = torch.zeros(n, dtype=values.dtype, device=device).index_add_(0, index[0], values)
     inv_sqrt = degree.clamp_min(torch.finfo(values.dtype).tiny).rsqrt()
-    return torch.sparse_coo_tensor(index, values * inv_sqrt[index[0]] * inv_sqrt[index[1]], (n, n)).coalesce()
+    return torch.sparse_coo_tensor(index, values * inv_sqrt[index[0]] * inv_sqrt[index[1]], (n, n), check_invariants=False).coalesce()
 
 
 def conjugate_gradient(matvec, b, maxiter=20, rtol=1e-6):
@@ -311,10 +310,6 @@ class ReCLIP(ClipTrainer):
     def text_sources(self):
         return {"templates": str(self.cfg.DATASET.TEMPLATES), "short_template": self.short_template,
                 "inference": self.cfg.TRAINER.RECLIP.INFERENCE}
-
-    def set_model_mode(self, mode="train", names=None):
-        super().set_model_mode(mode, names)
-        self.clip_model.eval()  # ReCLIP keeps CLIP in eval mode (BatchNorm statistics stay frozen)
 
     # ------------------------------------------------------------------ the pass over the train split
     def sweep_loader(self):
