@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fairclip.trainers.reclip import (class_subspace_projection, cluster_centroids, conjugate_gradient,
+from fairclip.trainers.reclip import (as_csr, class_subspace_projection, cluster_centroids, conjugate_gradient,
                                       knn_affinity)
 
 
@@ -54,8 +54,8 @@ def measure(n, classes, dim, k, chunk, device, iters=20):
     times["projection"] = time.perf_counter() - t
     t = time.perf_counter()
     graph = knn_affinity(points, k, chunk)
-    if device.type == "cuda":
-        graph = graph.to_sparse_csr()
+    nnz = graph._nnz()
+    graph = as_csr(graph)
     _sync(device)
     times["knn"] = time.perf_counter() - t
     m = points.shape[0]
@@ -70,7 +70,7 @@ def measure(n, classes, dim, k, chunk, device, iters=20):
     cluster_centroids(torch.cat([nodes, feats]), pred, nodes)
     _sync(device)
     times["centroids"] = time.perf_counter() - t
-    return times, graph._nnz() if graph.layout == torch.sparse_coo else graph.values().numel()
+    return times, nnz
 
 
 def peak_mb(device):

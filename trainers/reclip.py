@@ -41,6 +41,8 @@ dataset in the configs; a run whose ``OPTIM.MAX_EPOCH`` differs from the rule sa
 propagation needs every image's features, and the loss is normalised by the batch's agreement count.
 Train-split labels are read only for the diagnostic pseudo-label accuracies.
 """
+import warnings
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -117,6 +119,13 @@ def knn_affinity(points, k, chunk_rows=1024):
     return torch.sparse_coo_tensor(index, values * inv_sqrt[index[0]] * inv_sqrt[index[1]], (n, n), check_invariants=False).coalesce()
 
 
+def as_csr(graph):
+    """The graph in compressed-row form (about twice as fast a product as COO, on CPU and CUDA)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return graph.to_sparse_csr()
+
+
 def conjugate_gradient(matvec, b, maxiter=20, rtol=1e-6):
     """Solve ``A X = B`` column by column (A symmetric positive definite, given by ``matvec`` on ``[n, C]``)
     with SciPy's ``cg`` iteration from ``X = 0``: a column stops once ``|r| < rtol * |b|`` (a zero column
@@ -154,9 +163,7 @@ def propagate_labels(feats, class_nodes, projection, k=20, alpha=0.99, maxiter=2
     projected = F.normalize(points @ projection, dim=-1)
     graph = knn_affinity(projected, k, chunk_rows)
     dtype = cg_dtype or projected.dtype
-    graph = graph.to(dtype)
-    if graph.device.type == "cuda":
-        graph = graph.to_sparse_csr()
+    graph = as_csr(graph.to(dtype))
     n = points.shape[0]
     y = torch.zeros(n, num_classes, dtype=dtype, device=points.device)
     y[torch.arange(num_classes), torch.arange(num_classes)] = 1.0
