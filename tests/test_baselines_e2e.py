@@ -23,6 +23,8 @@ RUNS = {
                     "TRAINER.UPL.EVAL_EACH_EPOCH", "True"]),
     "MUST": ("must", ["OPTIM.MAX_EPOCH", "2", "TRAINER.MUST.EMA_WARMUP_ITERS", "2"]),
     "DPA": ("dpa", ["OPTIM.MAX_EPOCH", "2", "TRAINER.DPA.DA_HISTORY", "2"]),
+    "LaFTer": ("lafter", ["OPTIM.MAX_EPOCH", "2", "TRAINER.LAFTER.TEXT_STEPS", "3", "TRAINER.LAFTER.N_PROMPTS", "2"]),
+    "ReCLIP": ("reclip", ["OPTIM.MAX_EPOCH", "2", "TRAINER.RECLIP.N_NEIGHBORS", "3"]),
 }
 
 

@@ -2,9 +2,10 @@
 epoch; then the table (every row filled) and both plot kinds. Also: a re-run skips finished seeds and
 carries on past a failing method; bad lists fail before anything runs.
 
-Each run starts a Python process (~4 s of imports), so the suite runs a training-free and a self-training
-method over two seeds; ``FAIRCLIP_FULL_E2E=1`` runs the issue's done criterion instead: all seven methods,
-two datasets, three seeds (42 runs, ~5 minutes on 2 cores)."""
+Each run starts a Python process (~4 s of imports), so the suite runs a training-free method and three
+self-training ones over two seeds (``METHODS="zsclip lafter reclip fair"``, the done criterion of the LaFTer/
+ReCLIP issue); ``FAIRCLIP_FULL_E2E=1`` runs all nine methods, two datasets, three seeds (54 runs, ~6 minutes
+on 2 cores)."""
 import csv
 import os
 import os.path as osp
@@ -17,16 +18,17 @@ from tests.conftest import REPO, run_cli
 
 SCRIPT = osp.join(REPO, "scripts", "compare.sh")
 FULL = os.environ.get("FAIRCLIP_FULL_E2E") == "1"
-ALL_METHODS = [m for m in ("zsclip", "cupl", "wca", "upl", "must", "dpa", "fair")
+ALL_METHODS = [m for m in ("zsclip", "cupl", "wca", "upl", "must", "lafter", "reclip", "dpa", "fair")
                if osp.isfile(osp.join(REPO, "scripts", m, "main.sh"))]
-METHODS = ALL_METHODS if FULL else ["zsclip", "fair"]
+METHODS = ALL_METHODS if FULL else ["zsclip", "lafter", "reclip", "fair"]
 SEEDS = [1, 2, 3] if FULL else [1, 2]
-TRAINERS = {"zsclip": "ZeroshotCLIP", "cupl": "CuPL", "wca": "WCA", "upl": "UPL", "must": "MUST", "dpa": "DPA",
-            "fair": "FAIR"}
+TRAINERS = {"zsclip": "ZeroshotCLIP", "cupl": "CuPL", "wca": "WCA", "upl": "UPL", "must": "MUST", "lafter": "LaFTer",
+            "reclip": "ReCLIP", "dpa": "DPA", "fair": "FAIR"}
 DATASETS = ["dtd", "eurosat"]
 # Small everything: the time goes into starting one python per seed, so two at a time, one thread each.
 FAST = ["DATALOADER.NUM_WORKERS", "0", "OPTIM.MAX_EPOCH", "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-        "TRAINER.FAIR.N_CROPS", "3", "TRAINER.FAIR.TOP_K", "2", "TRAINER.WCA.N_CROPS", "3"]
+        "TRAINER.FAIR.N_CROPS", "3", "TRAINER.FAIR.TOP_K", "2", "TRAINER.WCA.N_CROPS", "3",
+        "TRAINER.LAFTER.TEXT_STEPS", "3", "TRAINER.LAFTER.N_PROMPTS", "2", "TRAINER.RECLIP.N_NEIGHBORS", "3"]
 
 
 def _env(data, out, **extra):
@@ -56,7 +58,7 @@ def compared(mini_data, tiny_clip, tmp_path_factory):
 
 
 def test_every_method_has_a_script():
-    assert ALL_METHODS == ["zsclip", "cupl", "wca", "upl", "must", "dpa", "fair"]
+    assert ALL_METHODS == ["zsclip", "cupl", "wca", "upl", "must", "lafter", "reclip", "dpa", "fair"]
 
 
 def test_one_command_fills_every_row_and_writes_both_plots(compared):
