@@ -186,8 +186,10 @@ def main(argv=None):
         from fairclip.toolbox import build_transform
         from fairclip.trainers.reclip import class_subspace_projection, conjugate_gradient, knn_affinity
 
+        # the reference always projects (the synthetic world's override turns the projection off)
         ours = _inputs.build_our_trainer("ReCLIP", args, work, "DATALOADER.GPU_VIEWS", "never",
-                                         "TRAINER.RECLIP.EVAL_EACH_EPOCH", "False")
+                                         "TRAINER.RECLIP.EVAL_EACH_EPOCH", "False",
+                                         "TRAINER.RECLIP.PROJECTION", "class_subspace")
         c = ours.cfg.TRAINER.RECLIP
         items = ours.train_items[:args.train_images] if args.train_images else ours.train_items
         ours.train_items = list(items)
