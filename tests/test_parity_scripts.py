@@ -63,7 +63,7 @@ def test_script_fails_on_a_deviating_stand_in(mini_dtd, tiny_clip, tmp_path, mon
     by the batch); exit status 1."""
     monkeypatch.setenv("PARITY_STUB_BREAK", "1")
     for method, row in [("zsclip", "ZeroshotCLIP: logits"), ("upl", "top-2 set, same probabilities"),
-                        ("lafter", "text classifier after 3 steps"), ("reclip", "gradient, visual norms (ReCLIP-V)")]:
+                        ("lafter", "text classifier after 3 steps"), ("reclip", "gradient / max |g|, visual norms (ReCLIP-V)")]:
         out = tmp_path / "{}.json".format(method)
         assert _script(method).main(_argv(method, mini_dtd, tiny_clip, out)) == 1
         failed = [r["quantity"] for r in json.load(open(out))["rows"] if not r["ok"]]

@@ -250,8 +250,8 @@ def main(argv=None):
         for name, mine, theirs in (("visual norms (ReCLIP-V)", visual_ours, visual_ref),
                                    ("text LayerNorms (ReCLIP-T)", text_ours, text_ref)):
             grad_ref = stacked(theirs, "grad")
-            tol = round_tol(max(args.atol, 1e-4 * grad_ref.abs().max().item()))
-            report.tensors("gradient, " + name, stacked(mine, "grad"), grad_ref, tol)
+            scale = grad_ref.abs().max().clamp_min(1e-30)  # relative to the gradient's size, whatever it is
+            report.tensors("gradient / max |g|, " + name, stacked(mine, "grad") / scale, grad_ref / scale, 1e-4)
             report.tensors("after the step, " + name, stacked(mine, "value"), stacked(theirs, "value"), args.atol)
         report.tensors("ReCLIP-T nodes after the epoch", ours.model.t_nodes, t_lp.centriods, 1e-4)
         report.tensors("test logits, ensemble", test_ours, test_ref, round_tol(args.atol * c.LOGIT_SCALE))
