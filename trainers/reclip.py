@@ -103,13 +103,13 @@ def knn_affinity(points, k, chunk_rows=1024):
     rows, cols, vals = [], [], []
     for start in range(0, n, chunk_rows):
         stop = min(n, start + chunk_rows)
-        sims = (points[start:stop] @ points.t() + 1.0) / 2.0
+        sims = points[start:stop] @ points.t()
         local = torch.arange(stop - start, device=device)
-        sims[local, local + start] = 0.0  # no self-loops (the affinity of any other pair is >= 0)
-        top, idx = sims.topk(k, dim=1)
+        sims[local, local + start] = -2.0  # no self-loops (below any cosine)
+        top, idx = sims.topk(k, dim=1)  # (cos + 1) / 2 keeps the order: only the k kept values are mapped
         rows.append((local + start).repeat_interleave(k))
         cols.append(idx.reshape(-1))
-        vals.append(top.reshape(-1))
+        vals.append(((top + 1.0) / 2.0).reshape(-1))
     r, c, v = torch.cat(rows), torch.cat(cols), torch.cat(vals)
     index = torch.cat([torch.stack([r, c]), torch.stack([c, r])], dim=1)
     w = torch.sparse_coo_tensor(index, torch.cat([v, v]) / 2.0, (n, n), check_invariants=False).coalesce()
