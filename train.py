@@ -193,29 +193,65 @@ def main(args, run=None):
         trainer.train()
 
 
+HELP_DESCRIPTION = """Adapt CLIP to a dataset with one of this toolbox's trainers (or evaluate it), CoOp's command
+line: --trainer picks the method, --dataset-config-file the dataset, --config-file the method's recipe, and
+trailing KEY VALUE pairs override any config key (e.g. OPTIM.MAX_EPOCH 5 MODEL.BACKBONE.PATH clip.pt).
+The scripts in scripts/<method>/main.sh run this once per seed; README.md and docs/ describe the methods."""
+
+
+def help_epilog():
+    """The trainers and datasets this checkout knows, for --help."""
+    import textwrap
+
+    from fairclip.datasets import DATASET_KEYS
+
+    def para(text):
+        return textwrap.fill(text, width=100, subsequent_indent="  ")
+
+    return "\n".join([
+        para("trainers (--trainer): " + ", ".join(sorted(TRAINER_REGISTRY.registered_names()))),
+        para("datasets (--dataset-config-file configs/datasets/<key>.yaml): " + ", ".join(sorted(DATASET_KEYS))),
+        para("method configs (--config-file): configs/trainers/<trainer>/vit_b32.yaml; the per-dataset override in "
+             "its per_dataset/ folder is merged automatically."),
+        "example:",
+        "  python train.py --root data --seed 1 --trainer FAIR --dataset-config-file configs/datasets/dtd.yaml \\",
+        "    --config-file configs/trainers/FAIR/vit_b32.yaml --output-dir output/dtd/FAIR/vit_b32/seed1",
+    ])
+
+
 def build_parser():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--root", type=str, default="", help="path to dataset")
-    parser.add_argument("--output-dir", type=str, default="", help="output directory")
-    parser.add_argument("--resume", type=str, default="", help="checkpoint directory (from which the training resumes)")
-    parser.add_argument("--seed", type=int, default=-1, help="only positive value enables a fixed seed")
-    parser.add_argument("--source-domains", type=str, nargs="+", help="source domains for DA/DG")
-    parser.add_argument("--target-domains", type=str, nargs="+", help="target domains for DA/DG")
-    parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
-    parser.add_argument("--config-file", type=str, default="", help="path to config file")
-    parser.add_argument("--dataset-config-file", type=str, default="", help="path to config file for dataset setup")
+    parser = argparse.ArgumentParser(prog="python train.py", description=HELP_DESCRIPTION, epilog=help_epilog(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=str, default="", help="dataset root: the folder that holds the dataset folders")
+    parser.add_argument("--output-dir", type=str, default="",
+                        help="run folder: log.txt, checkpoints, history.json, results.json")
+    parser.add_argument("--resume", type=str, default="",
+                        help="run folder to resume from (default: --output-dir itself, when it has checkpoints)")
+    parser.add_argument("--seed", type=int, default=-1, help="random seed; a negative value leaves the run unseeded")
+    parser.add_argument("--source-domains", type=str, nargs="+",
+                        help="DATASET.SOURCE_DOMAINS (kept from CoOp's command line; no reader here uses domains)")
+    parser.add_argument("--target-domains", type=str, nargs="+",
+                        help="DATASET.TARGET_DOMAINS (kept from CoOp's command line; no reader here uses domains)")
+    parser.add_argument("--transforms", type=str, nargs="+", help="INPUT.TRANSFORMS: the train-view transforms")
+    parser.add_argument("--config-file", type=str, default="",
+                        help="the method's config, e.g. configs/trainers/FAIR/vit_b32.yaml")
+    parser.add_argument("--dataset-config-file", type=str, default="",
+                        help="the dataset's config, e.g. configs/datasets/dtd.yaml")
     parser.add_argument("--extra-config-file", type=str, action="append",
                         help="YAML merged after --config-file (e.g. a per-dataset override); repeatable")
-    parser.add_argument("--trainer", type=str, default="", help="name of trainer")
-    parser.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
-    parser.add_argument("--head", type=str, default="", help="name of head")
-    parser.add_argument("--eval-only", action="store_true", help="evaluation only")
-    parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
-    parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
-    parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument("--trainer", type=str, default="", help="the method's trainer (listed below)")
+    parser.add_argument("--backbone", type=str, default="",
+                        help="MODEL.BACKBONE.NAME: a CLIP model name such as ViT-B/32 (MODEL.BACKBONE.PATH: a local file)")
+    parser.add_argument("--head", type=str, default="", help="MODEL.HEAD.NAME (kept from CoOp's command line; unused here)")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate without training (training-free methods, or a finished run with --model-dir)")
+    parser.add_argument("--model-dir", type=str, default="", help="with --eval-only: a finished run folder to load")
+    parser.add_argument("--load-epoch", type=int, help="with --eval-only: the epoch's checkpoint to load (default: the last)")
+    parser.add_argument("--no-train", action="store_true", help="build everything, then stop (no training)")
     parser.add_argument("--fresh", action="store_true",
                         help="discard the run the output folder holds (checkpoints, history, results) and start afresh")
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="modify config options using the command-line")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides, after every --option: KEY VALUE pairs")
     return parser
 
 

@@ -58,7 +58,9 @@ def _import_openai_clip():
 
 
 with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # openai-clip imports pkg_resources, which warns on import
+    # openai-clip imports pkg_resources, which setuptools deprecates with a warning on every import; that
+    # one warning is silenced here, where we import clip, and nothing else is.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     clip = _import_openai_clip()
     _MODELS, _download = clip.clip._MODELS, clip.clip._download
     build_model = clip.model.build_model

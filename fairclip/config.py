@@ -75,13 +75,46 @@ def per_dataset_override(cfg, merged_file):
     return path if osp.isfile(path) else None
 
 
-def yacs_message(exc):
-    """The one-line text of a yacs merge error."""
+def yacs_message(exc, cfg=None):
+    """The one-line text of a yacs merge error; an unknown key gets the closest known keys of ``cfg``
+    (default: this toolbox's full config) as "did you mean ..."."""
     msg = str(exc.args[0]) if exc.args else str(exc)
     if "Non-existent" in msg:  # yacs: "Non-existent config key: X" (files) / "Non-existent key: X" (lists)
         key = msg.split(":", 1)[1].strip()
-        return "unknown config key '{}' (check the spelling; keys are listed in the config dump of any run log)".format(key)
+        close = _close_keys(key, cfg)
+        hint = ("did you mean {}?".format(" or ".join(close)) if close else
+                "check the spelling; keys are listed in the config dump of any run log")
+        return "unknown config key '{}' ({})".format(key, hint)
     return msg
+
+
+def _all_keys(node, prefix=""):
+    for name, value in node.items():
+        full = prefix + name
+        yield full
+        if isinstance(value, CN):
+            yield from _all_keys(value, full + ".")
+
+
+def _close_keys(key, cfg=None, n=2):
+    """A few known keys that look like ``key``: another case, a typo of a key beside it (OPTIM.MAX_EPOCHS),
+    or the right name at another level (TRAINER.N_CROPS -> TRAINER.FAIR.N_CROPS)."""
+    import difflib
+
+    try:
+        keys = list(_all_keys(cfg if cfg is not None else get_cfg()))
+    except Exception:  # a suggestion must never hide the error itself
+        return []
+    by_upper = {k.upper(): k for k in keys}
+    wanted = key.upper()
+    if wanted in by_upper:
+        return [by_upper[wanted]]
+    parent, _, leaf = wanted.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in by_upper if k.rpartition(".")[0] == parent}
+    found = [siblings[m] for m in difflib.get_close_matches(leaf, list(siblings), n=n, cutoff=0.75)]
+    found = found or [k for k in by_upper if k.rpartition(".")[2] == leaf][:3]
+    found = found or difflib.get_close_matches(wanted, list(by_upper), n=n, cutoff=0.85)
+    return [by_upper[k] for k in found]
 
 
 def merge_config_file(cfg, path, what):

@@ -9,7 +9,8 @@
 #        CFG (method config under configs/trainers/TRAINER/, default vit_b32), PYTHON (default python),
 #        FRESH=1 (discard each seed's previous run, finished or not, and start it afresh: train.py --fresh)
 #
-# Output: $OUTPUT/$DATASET/$TRAINER/$CFG/seed$SEED/ (log.txt, run_config.json, checkpoints, results.json).
+# Output: $OUTPUT/$DATASET/$TRAINER/$CFG/seed$SEED/ (log.txt, run_config.json, checkpoints, history.json,
+# results.json).
 # configs/trainers/TRAINER/per_dataset/DATASET.yaml, when present, is merged after the method config (by train.py).
 # A seed whose results.json exists is skipped; one with a checkpoint resumes exactly from it (train.py
 # refuses if its training settings changed); one that failed before its first checkpoint starts again.
@@ -26,6 +27,11 @@ SEEDS=${SEEDS:-"1 2 3"}
 OUTPUT=${OUTPUT:-./output}
 CFG=${CFG:-vit_b32}
 PYTHON=${PYTHON:-python}
+# Seeds are checked before anything runs ("5 x" would train seed 5, then stop; "-1" would run unseeded).
+if ! [[ "$SEEDS" =~ ^[0-9\ ]+$ && -n "${SEEDS// /}" ]]; then
+  echo "ERROR: SEEDS must be non-negative integers separated by spaces, e.g. SEEDS=\"1 2 3\"; got '$SEEDS'" >&2
+  exit 2
+fi
 
 DATASET_CFG="$REPO/configs/datasets/$DATASET.yaml"
 METHOD_CFG="$REPO/configs/trainers/$TRAINER/$CFG.yaml"

@@ -192,7 +192,7 @@ def test_bad_command_lines_fail_with_one_line(mini_dtd, tiny_clip, tmp_path, cap
     bad_yaml.write_text("OPTIM:\n  LERNING_RATE: 0.1\n")
     cases = [
         (["--config-file", str(tmp_path / "missing.yaml")], "method config file"),
-        (["--config-file", str(bad_yaml)], "unknown config key 'OPTIM.LERNING_RATE'"),
+        (["--config-file", str(bad_yaml)], "unknown config key 'OPTIM.LERNING_RATE' (check the spelling"),
         (["--config-file", zs_cfg, "OPTIM.LRR", "0.1"], "unknown config key 'OPTIM.LRR'"),
         (["--config-file", zs_cfg, "OPTIM.LR"], "KEY VALUE pairs"),
         (["--config-file", zs_cfg, "OPTIM.LR", "0.1", "--seed", "3"], "option --seed comes after the KEY VALUE"),
@@ -220,7 +220,7 @@ def test_bad_command_lines_fail_with_one_line(mini_dtd, tiny_clip, tmp_path, cap
     # The same through a real process: the exit status and the single line reach the shell.
     res = train_py(*base, "--config-file", zs_cfg, "OPTIM.LRR", "0.1")
     assert res.returncode == 2 and res.stderr.strip() == "ERROR: command-line override: unknown config key " \
-        "'OPTIM.LRR' (check the spelling; keys are listed in the config dump of any run log)"
+        "'OPTIM.LRR' (did you mean OPTIM.LR?)"
 
 
 def test_unknown_dataset_in_script_lists_choices(tmp_path):

@@ -119,6 +119,19 @@ def test_requested_methods_datasets_and_seeds(runs_dir):
     assert table["averages"]["FAIR"] == pytest.approx((71.0 + 61.0) / 2)  # the empty row does not block it
 
 
+def test_a_method_name_that_is_nothing_is_an_error_and_titles_are_shown_on_request(runs_dir):
+    """A typo in --methods used to give a silent row of '-'; a trainer without a script (a host's, say) that
+    has runs is still fine. --titles shows the methods' titles from their main.sh."""
+    write_result(runs_dir, "HostOnly", "dtd", 1, 30.0)
+    with pytest.raises(UserError, match="--methods entmin: no such method .*zsclip cupl .* and no run"):
+        _table(runs_dir, methods=["zsclip", "entmin"])
+    assert _table(runs_dir, methods=["HostOnly", "fair"])["rows"] == ["HostOnly", "FAIR"]
+    md = to_markdown(_table(runs_dir, methods=["zsclip", "must", "fair"], titles=True))
+    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ")]
+    assert rows[1:4] == ["zero-shot CLIP", "MUST-style", "FAIR"] and rows[5:8] == rows[1:4]  # table, protocol
+    assert _csv_rows(_table(runs_dir, titles=True)).keys() >= {"ZeroshotCLIP", "FAIR"}  # the CSV keeps trainers
+
+
 def test_several_configs_of_one_trainer_become_separate_rows(runs_dir):
     write_result(runs_dir, "FAIR", "dtd", 1, 70.0, cfg="vit_b16")
     table = _table(runs_dir)
@@ -274,6 +287,21 @@ def test_curves_plot(runs_dir, tmp_path):
     assert plots.main(["curves", str(runs_dir), "--out", out]) == 0
     width, height = _png_size(out)
     assert width > 600 and height > 3 * 250  # one row per dataset with curves (dtd, eurosat, oxford_pets)
+
+
+def test_curve_ticks_do_not_run_together():
+    """FAIR's epochs 1-15 beside UPL's single point at epoch 50: ticks spread over the span, no label overlaps."""
+    fig, ax = plots.plt.subplots(figsize=(5.5, 3.2))  # one panel of the curves figure
+    ax.plot(list(range(1, 16)), [50.0] * 15)
+    ax.plot([50], [45.0])
+    plots._epoch_axis(ax, list(range(1, 16)) + [50])
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+    assert 3 <= len(boxes) <= 12
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))  # left to right, none overlapping
+    plots._epoch_axis(ax, [1, 2, 3, 4, 5])  # a short run keeps one tick per epoch
+    assert list(ax.get_xticks()) == [1, 2, 3, 4, 5]
+    plots.plt.close(fig)
 
 
 def test_plot_errors(runs_dir, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Speed benchmark: zero-shot evaluation, a MUST-style step and the FAIR step, side by side (DESIGN §7).
+"""Speed benchmark: zero-shot evaluation, a MUST-style step and the FAIR step, side by side (docs/speed.md).
 
     python -m tools.benchmark --device cuda --precision bf16 --batch 256 --out DIR
     python -m tools.benchmark --device cpu --out DIR            # tiny and full-size ViT-B/32, small batch

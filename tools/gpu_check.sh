@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks of the speed issue in one script, for a machine with CUDA and torch but no network:
+# The GPU checks (speed benchmark, DDP, a short FAIR run on the GPU) in one script, for a machine with CUDA and torch but no network:
 #
 #   bash tools/gpu_check.sh [OUT]        (OUT: the results folder; default $OUT, else ./gpu_check)
+#   bash tools/gpu_check.sh --help       (this text)
 #
 # 1. the speed benchmark: random-weight ViT-B/32, bf16, batch 256 (tools/benchmark.py; < 4 min on an H100)
 # 2. the DDP equivalence tests on 2 GPUs with NCCL (tests/test_ddp.py) when 2 GPUs are visible, else skipped
@@ -14,6 +15,10 @@
 # OUT/ddp.log (2 GPUs), OUT/compile.md (GPU_CHECK_COMPILE=1). Exit status 1 if a step failed.
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+case "${1:-}" in
+  -h|--help) sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+  -*) echo "ERROR: unknown option '$1'; usage: bash tools/gpu_check.sh [OUT] (--help for more)" >&2; exit 2 ;;
+esac
 OUT=${1:-${OUT:-$REPO/gpu_check}}
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d /tmp/gpu-check-XXXXXX)

@@ -23,7 +23,7 @@ import matplotlib.ticker  # noqa: E402
 from fairclip.toolbox.errors import UserError, report_error  # noqa: E402
 from fairclip.toolbox.io import atomic_file  # noqa: E402
 from fairclip.tools.results_table import (  # noqa: E402
-    METHOD_TRAINERS, claim_run_dirs, find_results, label_runs, load_run, method_order, select_runs, spread,
+    claim_run_dirs, find_results, known_methods, label_runs, load_run, method_order, select_runs, spread,
 )
 
 MANY_CLASSES = 25  # above this, per-class bars are drawn horizontally (one class per line)
@@ -36,8 +36,9 @@ def _load(args, datasets=None):
 
 
 def _colours(methods):
-    """The same colour for a method in every plot: canonical methods keep their tab10 slot."""
-    cmap, canon = plt.get_cmap("tab10"), list(METHOD_TRAINERS.values())
+    """The same colour for a method in every plot: the methods of this checkout keep their tab10 slot (their
+    place in ``tools/methods.py``'s order)."""
+    cmap, canon = plt.get_cmap("tab10"), [m.trainer for m in known_methods()]
     spare = iter(range(len(canon), 10 * len(methods) + len(canon)))
     return {m: cmap((canon.index(m.split("/")[0]) if m.split("/")[0] in canon else next(spare)) % 10)
             for m in methods}
@@ -141,7 +142,9 @@ MIN_SPAN = 10.0  # percentage points: a y axis never zooms in further (small wig
 
 
 def _epoch_axis(ax, epochs):
-    if len(epochs) <= 20:
+    """A tick per epoch when the epochs span at most 20 (every label has room); else matplotlib's integer
+    ticks, e.g. FAIR's epochs 1-15 beside UPL's single point at epoch 50."""
+    if epochs[-1] - epochs[0] < 20:
         ax.set_xticks(epochs)
     else:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -159,8 +162,8 @@ def _accuracy_axis(ax, low, high):
 def plot_curves(args):
     runs = [r for r in _load(args, args.datasets) if r["history"]]
     if not runs:
-        raise UserError("no run with a per-epoch history under {}; curves need self-training methods (UPL, MUST, "
-                        "LaFTer, ReCLIP, DPA, FAIR)".format(", ".join(args.paths)))
+        raise UserError("no run with a per-epoch history under {}; curves need methods that train ({})".format(
+            ", ".join(args.paths), ", ".join(m.trainer for m in known_methods() if m.trains)))
     present = {r["dataset"] for r in runs}
     datasets = [d for d in (args.datasets or sorted(present)) if d in present]
     methods = [m for m in method_order({r["method"] for r in runs}, args.methods)

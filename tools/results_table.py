@@ -21,14 +21,10 @@ import os.path as osp
 import sys
 from collections import OrderedDict
 
+from fairclip.tools import methods as method_registry
 from fairclip.toolbox.errors import UserError, report_error
 from fairclip.toolbox.io import atomic_write_text
 
-# Script folder name -> trainer name, in the order the table lists them.
-METHOD_TRAINERS = OrderedDict([
-    ("zsclip", "ZeroshotCLIP"), ("cupl", "CuPL"), ("wca", "WCA"), ("upl", "UPL"),
-    ("must", "MUST"), ("lafter", "LaFTer"), ("reclip", "ReCLIP"), ("dpa", "DPA"), ("fair", "FAIR"),
-])
 METRICS = ("accuracy", "macro_f1", "mean_per_class_accuracy", "error_rate")
 # Protocol fields whose disagreement inside one cell makes its mean meaningless (flagged with †).
 CELL_PROTOCOL_FIELDS = ("split", "num_eval_images", "num_train_images", "num_shots", "subsample_classes",
@@ -114,11 +110,34 @@ def metric_value(run, metric):
     return float(value)
 
 
-def trainer_name(name):
+def known_methods():
+    """The methods of this checkout (``tools/methods.py``: the scripts under ``scripts/``), in table order."""
+    return method_registry.discover()
+
+
+def trainer_name(name, methods=None):
     """A script folder name (fair) or trainer name (FAIR), optionally with /cfg, as TRAINER[/cfg]."""
     trainer, _, cfg = name.partition("/")
-    trainer = METHOD_TRAINERS.get(trainer.lower(), trainer)
+    try:
+        trainer = method_registry.find(trainer, known_methods() if methods is None else methods).trainer
+    except method_registry.UnknownMethod:
+        pass  # a trainer without a script (runs of a host's trainer, say): kept as given
     return trainer + ("/" + cfg if cfg else "")
+
+
+def check_requested_methods(requested, runs, methods=None):
+    """Each name asked for is a method of this checkout or the trainer of some run; a typo is an error
+    (not a silent row of '-')."""
+    methods = known_methods() if methods is None else methods
+    trainers = {r["trainer"] for r in runs}
+    for name in requested or []:
+        trainer = name.partition("/")[0]
+        try:
+            method_registry.find(trainer, methods)
+        except method_registry.UnknownMethod:
+            if trainer not in trainers:
+                raise UserError("--methods {}: no such method (methods: {}) and no run of a trainer of that name "
+                                "under the given folders".format(name, " ".join(m.name for m in methods))) from None
 
 
 def _matches(run, wanted):
@@ -128,6 +147,7 @@ def _matches(run, wanted):
 
 def select_runs(runs, methods=None, datasets=None, seeds=None, cfg=None):
     """Keep the runs of the named methods (TRAINER or TRAINER/cfg), datasets, seeds and config name."""
+    check_requested_methods(methods, runs)
     if cfg:
         runs = [r for r in runs if r["cfg"] == cfg]
     if methods:
@@ -152,8 +172,8 @@ def label_runs(runs):
 
 def method_order(labels, requested=None):
     """Row order: the requested names first (a name without results keeps an empty row), then the
-    canonical method order, then alphabetical."""
-    canon = list(METHOD_TRAINERS.values())
+    methods' order (``tools/methods.py``), then alphabetical."""
+    canon = method_registry.trainer_order(known_methods())
     ranked = sorted(labels, key=lambda lab: (canon.index(lab.split("/")[0]) if lab.split("/")[0] in canon
                                              else len(canon), lab))
     order = []
@@ -198,8 +218,20 @@ def _disagreements(runs, fields):
     return out
 
 
-def build_table(runs, metric="accuracy", std="population", methods=None, datasets=None, seeds=None, cfg=None):
-    """The table as plain data (see ``to_markdown``/``to_csv``)."""
+def row_titles(rows):
+    """{row label: the method's title (``# title:`` of its main.sh)}, keeping a ``/cfg`` suffix."""
+    titles = {m.trainer: m.title for m in known_methods()}
+    out = {}
+    for row in rows:
+        trainer, sep, cfg = row.partition("/")
+        out[row] = titles.get(trainer, trainer) + sep + cfg
+    return out
+
+
+def build_table(runs, metric="accuracy", std="population", methods=None, datasets=None, seeds=None, cfg=None,
+                titles=False):
+    """The table as plain data (see ``to_markdown``/``to_csv``). ``titles``: the markdown rows show the
+    methods' titles (zero-shot CLIP, MUST-style, ...) instead of the trainer names."""
     if metric not in METRICS:
         raise UserError("--metric {}: unknown metric; choose one of {}".format(metric, ", ".join(METRICS)))
     if std not in STD_CAPTIONS:
@@ -246,6 +278,7 @@ def build_table(runs, metric="accuracy", std="population", methods=None, dataset
     common = [d for d in cols if all((m, d) in cells for m in filled)]
     averages = {m: sum(cells[m, d]["mean"] for d in common) / len(common) for m in filled} if common else {}
     return {"metric": metric, "std": std, "rows": rows, "cols": cols, "cells": cells, "seeds": expected,
+            "labels": row_titles(rows) if titles else {},
             "average_over": common, "averages": averages, "protocol": protocol_rows(runs, rows), "notes": notes,
             "col_flags": col_flags}
 
@@ -352,7 +385,7 @@ def to_markdown(table):
     body = []
     for m in table["rows"]:
         avg = table["averages"].get(m)
-        body.append([m] + [format_cell(table["cells"].get((m, d)), expected_n) for d in table["cols"]]
+        body.append([table["labels"].get(m, m)] + [format_cell(table["cells"].get((m, d)), expected_n) for d in table["cols"]]
                     + ["{:.2f}".format(avg) if avg is not None else "-"])
     parts = ["## Comparison: {}".format(table["metric"]), ""]
     for line in caption(table):
@@ -360,7 +393,7 @@ def to_markdown(table):
     parts.append(tabulate(body, headers=header, tablefmt="pipe", colalign=["left"] + ["right"] * (len(header) - 1)))
     parts += ["", "### Protocol per method", ""]
     proto_header = ["Method"] + list(PROTOCOL_COLUMNS)
-    parts.append(tabulate([[m] + list(p.values()) for m, p in table["protocol"].items()],
+    parts.append(tabulate([[table["labels"].get(m, m)] + list(p.values()) for m, p in table["protocol"].items()],
                           headers=proto_header, tablefmt="pipe"))
     if table["notes"]:
         parts += ["", "### Protocol warnings", ""] + ["- " + n for n in table["notes"]]
@@ -416,6 +449,8 @@ def build_parser():
     p.add_argument("--seeds", nargs="+", type=int, help="keep only these seeds (and mark cells missing any)")
     p.add_argument("--cfg", help="keep only runs of this method config (e.g. vit_b32)")
     p.add_argument("--std", default="population", choices=list(STD_CAPTIONS))
+    p.add_argument("--titles", action="store_true",
+                   help="markdown rows show the methods' titles (zero-shot CLIP, MUST-style) instead of trainer names")
     return p
 
 
@@ -424,7 +459,8 @@ def main(argv=None):
     args = claim_run_dirs(parser.parse_args(argv), parser)
     try:
         runs = [load_run(p) for p in find_results(args.paths)]
-        table = build_table(runs, args.metric, args.std, args.methods, args.datasets, args.seeds, args.cfg)
+        table = build_table(runs, args.metric, args.std, args.methods, args.datasets, args.seeds, args.cfg,
+                            titles=args.titles)
         for m in table["rows"]:
             if not any(k[0] == m for k in table["cells"]):
                 print("warning: no results for method {}".format(m), file=sys.stderr)

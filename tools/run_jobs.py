@@ -19,7 +19,6 @@ import argparse
 import itertools
 import os
 import os.path as osp
-import re
 import signal
 import subprocess
 import sys
@@ -28,24 +27,14 @@ import time
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from fairclip.tools import methods as method_registry  # noqa: E402
 from fairclip.toolbox.errors import UserError, report_error  # noqa: E402
 from fairclip.toolbox.io import atomic_write_json  # noqa: E402
 from fairclip.tools import launchers  # noqa: E402
 
-_SCRIPT_LINE = re.compile(r'run_seeds\.sh"?\s+(\S+)\s+(train|eval)\b')
-
-
 def available_methods(repo=REPO):
-    """``{script folder: trainer name}`` read from ``scripts/<method>/main.sh``."""
-    methods = {}
-    root = osp.join(repo, "scripts")
-    for name in sorted(os.listdir(root)):
-        script = osp.join(root, name, "main.sh")
-        if osp.isfile(script):
-            match = _SCRIPT_LINE.search(open(script).read())
-            if match:
-                methods[name] = match.group(1)
-    return methods
+    """``{script folder: trainer name}`` of every method (``tools/methods.py`` reads ``scripts/<method>/main.sh``)."""
+    return {m.name: m.trainer for m in method_registry.discover(repo)}
 
 
 def available_datasets(repo=REPO):
@@ -58,7 +47,7 @@ def resolve_method(name, methods):
         if name.lower() in (folder.lower(), trainer.lower()):
             return folder
     raise UserError("unknown method {!r}; choose from {} (scripts/<method>/main.sh)".format(
-        name, ", ".join(sorted(methods))))
+        name, ", ".join(methods)))
 
 
 def parse_slots(spec, per_gpu=1):

@@ -25,6 +25,7 @@
 import contextlib
 import datetime
 import errno
+import os
 import os.path as osp
 import random
 import resource
@@ -111,6 +112,7 @@ class ClipTrainer(TrainerX):
     # ------------------------------------------------------------------ construction
     def build_data_loader(self):
         check_loader_keys(self.cfg)
+        cap_num_workers(self.cfg)
         dm = DataManager(
             self.cfg,
             custom_tfm_train=self.custom_train_transform(),
@@ -649,6 +651,30 @@ def write_errors(path):
         raise UserError("cannot write {} ({}); free space or fix the folder's permissions, then rerun the same "
                         "command (a training run resumes from its last checkpoint)".format(
                             path, describe_os_error(exc))) from exc
+
+
+def available_cpus():
+    """The CPUs this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cap_num_workers(cfg):
+    """Lower ``DATALOADER.NUM_WORKERS`` to the CPUs available (more loader processes than CPUs only compete,
+    and torch warns about each loader); says so in one line. Returns the value used."""
+    workers, cpus = int(cfg.DATALOADER.NUM_WORKERS), available_cpus()
+    if workers <= cpus:
+        return workers
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.DATALOADER.NUM_WORKERS = cpus
+    if frozen:
+        cfg.freeze()
+    print("DATALOADER.NUM_WORKERS {} -> {}: this machine lets the run use {} CPU{}".format(
+        workers, cpus, cpus, "s" if cpus != 1 else ""))
+    return cpus
 
 
 def visual_layernorms(clip_model):

@@ -1,4 +1,4 @@
-"""Multi-process data parallelism: PyTorch DDP launched with ``torchrun`` (DESIGN §7).
+"""Multi-process data parallelism: PyTorch DDP launched with ``torchrun`` (docs/speed.md).
 
     torchrun --nproc_per_node=2 train.py <the usual arguments>
 

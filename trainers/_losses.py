@@ -36,6 +36,14 @@ def class_balance_loss(mean_probs, eps=1e-8):
     return -torch.log(mean_probs + eps).mean()
 
 
+def log_marginal_loss(mean_probs):
+    """``-mean_k log pbar_k`` without smoothing, as MUST and DPA write their balance terms (the gradient
+    pushes hardest on the classes the batch has nearly dropped). ``pbar`` is clamped only at the smallest
+    normal float, so a class whose mean probability underflowed to 0 gives a large finite loss where the
+    references would stop on an infinite one."""
+    return -torch.log(mean_probs.clamp_min(torch.finfo(mean_probs.dtype).tiny)).mean()
+
+
 class RunningMarginal:
     """MUST's running form of the mean prediction: ``pbar_t = m * pbar_{t-1}.detach() + (1 - m) * pbar_batch``.
 

@@ -1,4 +1,4 @@
-"""Evaluation batches gathered by threads straight from the decoded cache (DESIGN §7).
+"""Evaluation batches gathered by threads straight from the decoded cache (docs/speed.md).
 
 Centre-only evaluation moves the most pixels per unit of compute (one 224² view per image, no
 augmentation). Through DataLoader worker processes every batch is copied three times on the host (into

@@ -1,4 +1,4 @@
-"""The ``results.json`` every run writes after its final test (DESIGN §6).
+"""The ``results.json`` every run writes after its final test (docs/results.md).
 
 The table tools read these files only (never logs). Protocol fields make each number's provenance
 explicit: split, epochs, model-selection rule, text sources, world size and global batch.

@@ -48,3 +48,27 @@ def epoch_scheduler(optimizer, optim_cfg):
         optim_cfg.WARMUP_CONS_LR, optim_cfg.WARMUP_MIN_LR, optim_cfg.WARMUP_RECOUNT,
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, rule)
+
+
+class _IterationCosine:
+    """LR multiplier of iteration ``t``: ``(min + (base - min) * (1 + cos(pi t / T)) / 2) / base``."""
+
+    def __init__(self, base_lr, min_lr, total_steps):
+        self.base_lr = base_lr
+        self.min_lr = min_lr
+        self.total_steps = max(1, int(total_steps))
+
+    def __call__(self, step):
+        cos = 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+        return (self.min_lr + (self.base_lr - self.min_lr) * cos) / self.base_lr
+
+
+def iteration_cosine(optimizer, base_lr, min_lr, total_steps):
+    """Per-iteration cosine from ``base_lr`` to ``min_lr`` over ``total_steps``, without warm-up, as MUST's
+    and DPA's ``cosine_scheduler``: every group's lr is its own initial lr times the schedule's ratio to
+    ``base_lr``, so a group scaled by layer decay keeps that scale down to its floor (``scale * min_lr``).
+    (``CosineAnnealingLR(eta_min=min_lr)`` would instead pull every group to the same floor, raising the
+    lr of the groups whose scaled lr starts below it.) Step it once per iteration."""
+    if base_lr <= 0:
+        raise UserError("OPTIM.LR={} must be positive for the per-iteration cosine".format(base_lr))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _IterationCosine(base_lr, min_lr, total_steps))

@@ -23,7 +23,7 @@ from fairclip.toolbox import TRAINER_REGISTRY, build_data_loader, build_optimize
 from fairclip.toolbox.errors import UserError
 
 from ._clip_base import ClipTrainer
-from ._losses import class_balance_loss, global_batch_mean, weighted_cross_entropy
+from ._losses import global_batch_mean, log_marginal_loss, weighted_cross_entropy
 from ._gpu_views import strong_view, weak_view
 from ._views import strong_transform, weak_transform
 from .must import VisualClassifier, param_groups
@@ -148,13 +148,17 @@ class DPA(ClipTrainer):
 
     # ------------------------------------------------------------------ image prototypes
     @torch.no_grad()
-    def initial_image_prototypes(self):
-        """Class means of the weak train features under zero-shot (text-head) labels, as DPA's first bank."""
+    def initial_image_prototypes(self, batches=None):
+        """Class means of the weak train features under zero-shot (text-head) labels, as DPA's first bank.
+        ``batches``: an iterable of {"img", "label"} dicts instead of the train split's weak views (the
+        parity script feeds fixed views)."""
         cfg = self.cfg
-        loader = build_data_loader(
-            cfg, sampler_type="SequentialSampler", data_source=self.dm.dataset.train_x,
-            batch_size=cfg.DATALOADER.TEST.BATCH_SIZE, tfm=weak_transform(cfg), is_train=False,
-            dataset_wrapper=SkipUnreadableWrapper)
+        loader = batches
+        if loader is None:
+            loader = build_data_loader(
+                cfg, sampler_type="SequentialSampler", data_source=self.dm.dataset.train_x,
+                batch_size=cfg.DATALOADER.TEST.BATCH_SIZE, tfm=weak_transform(cfg), is_train=False,
+                dataset_wrapper=SkipUnreadableWrapper)
         self.set_model_mode("eval")
         sums, counts, correct = self._zero_bank()
         text = self.model.class_weights()
@@ -213,7 +217,7 @@ class DPA(ClipTrainer):
             feats = m.features(strong)
         logits = c.LOGIT_SCALE * feats @ text.t()
         loss_st = weighted_cross_entropy(logits, pseudo, weights)
-        loss_bal = class_balance_loss(global_batch_mean(torch.softmax(logits, dim=1)))
+        loss_bal = log_marginal_loss(global_batch_mean(torch.softmax(logits, dim=1)))
         loss_align = alignment_loss(m.image_prototypes, text, c.ALIGN_SCALE)
         loss = loss_st + c.BALANCE_WEIGHT * loss_bal + c.ALIGN_WEIGHT * loss_align
         return loss, loss_st, loss_bal, loss_align

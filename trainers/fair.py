@@ -1,4 +1,4 @@
-"""FAIR: Fine-grained Alignment and Interaction Refinement (reconstruction; DESIGN §5).
+"""FAIR: Fine-grained Alignment and Interaction Refinement (reconstruction; docs/fair.md).
 
 Self-training of CLIP on unlabelled target images. Per training image:
 

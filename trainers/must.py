@@ -1,11 +1,15 @@
-"""MUST-style self-training (Li et al., ICLR 2023), LayerNorm-only on CLIP ViT-B/32.
+"""MUST-style self-training (Li et al., ICLR 2023) on CLIP ViT-B/32: by default LayerNorm-only.
 
 Per batch: an EMA teacher labels the weak view; samples whose teacher confidence exceeds
 ``CONF_THRESHOLD`` give a cross-entropy target to the student's strong view; a class-balance term
-(MUST's fairness regulariser: batch mean below 512 classes, running mean from 512) keeps the
-predictions spread. The classifier is initialised from the template text embeddings. MUST's masked
-image modelling and global-local alignment terms are left out (they need the full encoder to train);
-trained here: the visual LayerNorms and the classifier, with MUST's layer-wise lr decay.
+(MUST's fairness regulariser ``-mean_k log pbar_k``: batch mean below 512 classes, running mean from 512)
+keeps the predictions spread. The classifier is initialised from the template text embeddings.
+"MUST-style": the authors fine-tune the whole image tower and add masked image modelling and a
+global-local alignment term; here the visual LayerNorms and the classifier train (``TUNE layernorm``,
+the budget every baseline of the comparison shares) or, with ``TUNE visual``, the whole image tower as
+the authors do; the masked-image-modelling and alignment terms are left out either way
+(docs/parity.md lists what matches the authors' code step by step and what differs).
+MUST's layer-wise lr decay and per-iteration cosine (each layer's floor scaled with it) apply.
 The teacher's decay ramps linearly from ``EMA_DECAY_INIT`` to ``EMA_DECAY`` over ``EMA_WARMUP_ITERS``.
 Train-split labels are read only for the diagnostic pseudo-label accuracy.
 """
@@ -20,8 +24,9 @@ from fairclip.toolbox.errors import UserError
 
 from . import _distributed
 from ._clip_base import ClipTrainer, TrainableState, unfreeze_visual_layernorms
-from ._losses import RunningMarginal, class_balance_loss, global_batch_mean
+from ._losses import RunningMarginal, global_batch_mean, log_marginal_loss
 from ._gpu_views import strong_view, weak_view
+from ._schedules import iteration_cosine
 from ._views import strong_transform, weak_transform
 
 
@@ -46,6 +51,9 @@ def add_config(cfg):
     c.NORMALIZE_CLASSIFIER = False
     c.LAYER_DECAY = 0.65  # MUST: lr of block i scaled by decay^(L + 1 - i) (1 = off)
     c.MIN_LR = 1e-6  # per-iteration cosine from OPTIM.LR down to MIN_LR, no warm-up (MUST)
+    # What trains besides the classifier: "layernorm" (the visual LayerNorms; our MUST-style default, the
+    # budget every baseline here shares) or "visual" (the whole image tower, as the authors' MUST does).
+    c.TUNE = "layernorm"
     c.TEST_TEACHER = False  # evaluate the EMA teacher instead of the student (MUST logs both)
     # Diagnostics: evaluate the test split after every epoch for the history (never used to select)
     c.EVAL_EACH_EPOCH = True
@@ -79,12 +87,14 @@ def masked_cross_entropy(logits, targets, mask):
 
 
 def balance_term(probs, form, marginal=None):
-    """Class-balance loss on the mean prediction: ``batch`` (over the global batch) or ``running``."""
+    """MUST's fairness term on the mean prediction: ``batch`` (over the global batch) or ``running`` (the
+    running mean, whose loss MUST divides by the batch part's weight 0.5 from the first step of the epoch
+    on, the first step included)."""
     mean_probs = global_batch_mean(probs)
     if form == "running":
-        mean_probs, scale = marginal.update(mean_probs)
-        return scale * class_balance_loss(mean_probs)
-    return class_balance_loss(mean_probs)
+        mean_probs, _ = marginal.update(mean_probs)
+        return log_marginal_loss(mean_probs) / (1.0 - marginal.momentum)
+    return log_marginal_loss(mean_probs)
 
 
 def visual_layer_id(name, num_layers):
@@ -150,8 +160,11 @@ class MustModel(VisualClassifier):
     extra_state_keys = ("teacher.",)
     per_class_dims = {"classifier": 0, "teacher.classifier": 0}
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, tune="layernorm", **kwargs):
         super().__init__(*args, **kwargs)
+        if tune == "visual":  # the authors' MUST: every weight of the image tower trains
+            for p in self.clip.visual.parameters():
+                p.requires_grad_(True)
         self.teacher = EmaTeacher([(n, p) for n, p in self.named_parameters() if p.requires_grad])
 
     def student_tensors(self):
@@ -174,7 +187,8 @@ class MUST(ClipTrainer):
 
     def check_cfg(self, cfg):
         c = cfg.TRAINER.MUST
-        self.check_choices(cfg, {"PREC": ("fp32", "bf16"), "BALANCE": ("auto", "batch", "running", "none")})
+        self.check_choices(cfg, {"PREC": ("fp32", "bf16"), "BALANCE": ("auto", "batch", "running", "none"),
+                                 "TUNE": ("layernorm", "visual")})
         if not 0.0 <= c.CONF_THRESHOLD < 1.0:
             raise UserError("TRAINER.MUST.CONF_THRESHOLD={} must be in [0, 1)".format(c.CONF_THRESHOLD))
         if not (0.0 <= c.EMA_DECAY_INIT <= 1.0 and 0.0 <= c.EMA_DECAY <= 1.0):
@@ -193,7 +207,8 @@ class MUST(ClipTrainer):
 
     def build_method(self):
         c = self.cfg.TRAINER.MUST
-        model = MustModel(self.clip_model, self.template_classifier(), c.LOGIT_SCALE, c.NORMALIZE_CLASSIFIER)
+        model = MustModel(self.clip_model, self.template_classifier(), c.LOGIT_SCALE, c.NORMALIZE_CLASSIFIER,
+                          tune=c.TUNE)
         self.model = model.to(self.device)
         num_layers = getattr(getattr(self.clip_model.visual, "transformer", None), "layers", 0)
         groups = param_groups(self.model.named_parameters(), self.cfg.OPTIM.LR, self.cfg.OPTIM.WEIGHT_DECAY,
@@ -201,14 +216,16 @@ class MUST(ClipTrainer):
                               layer_decay=c.LAYER_DECAY if num_layers else 1.0, num_layers=num_layers)
         self.optim = build_optimizer(groups, self.cfg.OPTIM)
         total_steps = max(1, self.cfg.OPTIM.MAX_EPOCH * len(self.train_loader_x))
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.optim, T_max=total_steps, eta_min=c.MIN_LR)
+        # MUST's cosine_scheduler: each group's lr (scaled by layer decay) and floor scale together
+        self.sched = iteration_cosine(self.optim, self.cfg.OPTIM.LR, c.MIN_LR, total_steps)
         self.register_model("must", self.model, self.optim, self.sched)
         self.train_model = _distributed.wrap_model(self.model, self.device)  # DDP under torchrun
         self.balance_form = c.BALANCE if c.BALANCE != "auto" else ("running" if self.num_classes >= 512 else "batch")
         self.marginal = RunningMarginal(0.5)
         n_train = sum(p.numel() for p in self.model.student_tensors())
-        print("MUST: {} trainable parameters (visual LayerNorms + classifier {}); balance term: {}".format(
-            n_train, tuple(self.model.classifier.shape), self.balance_form))
+        print("MUST: {} trainable parameters ({} + classifier {}); balance term: {}".format(
+            n_train, "visual LayerNorms" if c.TUNE == "layernorm" else "image tower",
+            tuple(self.model.classifier.shape), self.balance_form))
 
     def text_sources(self):
         return {"templates": str(self.cfg.DATASET.TEMPLATES)}
