@@ -1,5 +1,7 @@
 """Each baseline end to end through its script (scripts/<method>/main.sh) on a miniature DTD tree with a tiny
-CLIP: the run finishes and writes a complete results.json."""
+CLIP: the run finishes and writes a complete results.json. LaFTer's and ReCLIP's scripts run end to end in
+tests/test_compare_e2e.py (through compare.sh, two datasets, two seeds), their per-epoch history and
+checkpoints in-process in tests/test_lafter_reclip.py and tests/test_resume.py."""
 import json
 import os
 import sys
@@ -23,8 +25,6 @@ RUNS = {
                     "TRAINER.UPL.EVAL_EACH_EPOCH", "True"]),
     "MUST": ("must", ["OPTIM.MAX_EPOCH", "2", "TRAINER.MUST.EMA_WARMUP_ITERS", "2"]),
     "DPA": ("dpa", ["OPTIM.MAX_EPOCH", "2", "TRAINER.DPA.DA_HISTORY", "2"]),
-    "LaFTer": ("lafter", ["OPTIM.MAX_EPOCH", "2", "TRAINER.LAFTER.TEXT_STEPS", "3", "TRAINER.LAFTER.N_PROMPTS", "2"]),
-    "ReCLIP": ("reclip", ["OPTIM.MAX_EPOCH", "2", "TRAINER.RECLIP.N_NEIGHBORS", "3"]),
 }
 
 

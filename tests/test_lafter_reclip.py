@@ -1,7 +1,7 @@
 """LaFTer and ReCLIP: the parts of each method as pure functions, then each trainer on a miniature tree (what
 trains, that train labels never reach a loss, eval-only from the checkpoint). Scripts end to end are in
-tests/test_baselines_e2e.py, the learning signal in tests/test_learning_signal.py, parity in
-tests/test_parity_lafter_reclip.py."""
+tests/test_compare_e2e.py, resume after faults in tests/test_resume.py, the learning signal in
+tests/test_learning_signal.py, the parity scripts in tests/test_parity_scripts.py."""
 import numpy as np
 import pytest
 import torch
@@ -184,6 +184,20 @@ def test_lafter_trains_prompts_visual_norms_and_classifier_and_ignores_train_lab
         trainer.forward_backward(dict(batch, label=labels))
         grads.append(trainer.model.prompts.grad.clone())
     assert grads[0].abs().sum() > 0 and torch.equal(grads[0], grads[1])
+
+
+def test_lafter_eval_only_reproduces_the_trained_run(mini_dtd, tiny_clip, tmp_path):
+    """--eval-only --model-dir: the prompts, the classifier and the visual norms come back from the checkpoint
+    (the text phase is not rerun) and the test accuracy is the trained run's."""
+    out = str(tmp_path / "run")
+    trainer = _trainer("LaFTer", mini_dtd, tiny_clip, out)
+    trainer.train()
+    evaluator = _trainer("LaFTer", mini_dtd, tiny_clip, str(tmp_path / "eval"))
+    evaluator.load_model(out)
+    for name in ("prompts", "classifier.weight", "clip.visual.ln_post.weight"):
+        assert torch.equal(evaluator.model.state_dict()[name], trainer.model.state_dict()[name]), name
+    scores = [t.evaluate() for t in (evaluator, trainer)]
+    assert scores[0]["results"]["accuracy"] == pytest.approx(scores[1]["results"]["accuracy"])
 
 
 def test_reclip_trains_norms_of_both_towers_ignores_train_labels_and_eval_only_reproduces(mini_dtd, tiny_clip,
