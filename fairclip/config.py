@@ -36,6 +36,9 @@ class RunConfig(CN):
         return CN._decode_cfg_value(value)  # nested nodes stay plain CfgNodes (yacs compares node types)
 
     def merge_from_file(self, cfg_filename):
+        # A host checkout's own train.py calls this directly, so its config files get the same checks.
+        if osp.isfile(cfg_filename):
+            _check_yaml_file(cfg_filename, "config file")
         super().merge_from_file(cfg_filename)
         _record_file(self, cfg_filename)
         override = per_dataset_override(self, cfg_filename)

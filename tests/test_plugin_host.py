@@ -281,3 +281,14 @@ def test_a_hosts_dataset_needs_templates_and_descriptions_given():
     cfg.DATASET.TEMPLATES, cfg.DATASET.DESCRIPTIONS = "single", "/some/birds.json"
     assert datasets.templates_for(cfg) == ["a photo of a {}."]
     assert datasets.descriptions_path(cfg) == "/some/birds.json"
+
+
+def test_a_hosts_own_merge_from_file_gets_the_yaml_checks(tmp_path):
+    """The host's train.py calls ``cfg.merge_from_file`` itself; a tag that builds objects is refused there too."""
+    from fairclip.config import get_cfg
+    from fairclip.toolbox.errors import UserError
+
+    bad = tmp_path / "method.yaml"
+    bad.write_text("OPTIM:\n  LR: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(UserError, match=r"config file '.*method.yaml' line 2: .*remove the tag"):
+        get_cfg().merge_from_file(str(bad))
