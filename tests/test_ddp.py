@@ -1,9 +1,9 @@
 """DDP on CPU (gloo): 2 processes with batch B optimise the same objective as 1 process with batch 2B.
 (``FAIRCLIP_DDP_DEVICE=cuda`` runs the same checks on 2 GPUs with NCCL: tools/gpu_check.sh does.)
 
-Each process builds the real trainer (FAIR, MUST and LaFTer; tiny CLIP, miniature tree) and runs one ``forward_backward``
-on its half of a fixed batch; the single process runs the whole batch. Same loss (mean over ranks),
-same gradients, same parameters after the step; evaluation counts every test image once. Then
+Each process builds the real trainer (FAIR, MUST and LaFTer; tiny CLIP, miniature tree) and runs one
+``forward_backward`` on its half of a fixed batch; the single process runs the whole batch. Same loss (mean
+over ranks), same gradients, same parameters after the step; evaluation counts every test image once. Then
 ``torchrun`` end to end: rank 0 alone writes the log, checkpoints and results.
 """
 import json

@@ -158,7 +158,8 @@ OPTS = {"LaFTer": ["TRAINER.LAFTER.TEXT_STEPS", "5", "TRAINER.LAFTER.N_PROMPTS",
 
 
 def _trainer(name, root, clip_path, out, *opts):
-    return build_seeded(trainer_cfg(name, "dtd", root, out, "MODEL.BACKBONE.PATH", clip_path, *FAST, *OPTS[name], *opts))
+    return build_seeded(trainer_cfg(name, "dtd", root, out, "MODEL.BACKBONE.PATH", clip_path, *FAST, *OPTS[name],
+                                    *opts))
 
 
 def _trainable(trainer):
