@@ -1,5 +1,7 @@
 """Each baseline end to end through its script (scripts/<method>/main.sh) on a miniature DTD tree with a tiny
-CLIP: the run finishes and writes a complete results.json."""
+CLIP: the run finishes and writes a complete results.json. LaFTer's and ReCLIP's scripts run end to end in
+tests/test_compare_e2e.py (through compare.sh, two datasets, two seeds), their per-epoch history and
+checkpoints in-process in tests/test_lafter_reclip.py and tests/test_resume.py."""
 import json
 import os
 import sys

@@ -1,9 +1,9 @@
 """DDP on CPU (gloo): 2 processes with batch B optimise the same objective as 1 process with batch 2B.
 (``FAIRCLIP_DDP_DEVICE=cuda`` runs the same checks on 2 GPUs with NCCL: tools/gpu_check.sh does.)
 
-Each process builds the real trainer (FAIR, and MUST; tiny CLIP, miniature tree) and runs one ``forward_backward``
-on its half of a fixed batch; the single process runs the whole batch. Same loss (mean over ranks),
-same gradients, same parameters after the step; evaluation counts every test image once. Then
+Each process builds the real trainer (FAIR, MUST and LaFTer; tiny CLIP, miniature tree) and runs one
+``forward_backward`` on its half of a fixed batch; the single process runs the whole batch. Same loss (mean
+over ranks), same gradients, same parameters after the step; evaluation counts every test image once. Then
 ``torchrun`` end to end: rank 0 alone writes the log, checkpoints and results.
 """
 import json
@@ -36,6 +36,8 @@ TRAINER_OPTS = {
              "TRAINER.FAIR.LAS_LOSS_WEIGHT", "1.0", "TRAINER.FAIR.LAS_CROP_VIEW", "weak"],
     # every sample confident (the CE term is non-zero), softer softmax
     "MUST": ["TRAINER.MUST.CONF_THRESHOLD", "0.0", "TRAINER.MUST.LOGIT_SCALE", "10.0"],
+    # prompts, visual norms and the classifier train on the strong view against the teacher's labels
+    "LaFTer": ["TRAINER.LAFTER.N_PROMPTS", "2", "TRAINER.LAFTER.TEXT_STEPS", "2"],
 }
 
 
@@ -85,8 +87,8 @@ def _worker(rank, world, port, root, clip_path, out, result_dir, opts, trainer):
 
 @pytest.mark.parametrize("trainer,opts", [
     ("FAIR", ()), ("FAIR", ("TRAINER.FAIR.BALANCE", "running", "TRAINER.FAIR.ANCHORS", "description")),
-    ("MUST", ("TRAINER.MUST.BALANCE", "batch")),
-], ids=["fair-batch-balance", "fair-running-balance-description-anchors", "must-batch-balance"])
+    ("MUST", ("TRAINER.MUST.BALANCE", "batch")), ("LaFTer", ()),
+], ids=["fair-batch-balance", "fair-running-balance-description-anchors", "must-batch-balance", "lafter"])
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(mini_pets, tiny_clip, tmp_path, trainer, opts):
     results = tmp_path / "results"
     results.mkdir()

@@ -34,18 +34,25 @@ ZERO_SHOT_MIN = 20.0
 ZERO_SHOT_MAX = 80.0
 
 # Gain over the zero-shot classifier the method starts from (FAIR: the mean-description anchors, i.e.
-# CuPL; MUST and DPA: the template classifier, i.e. ZeroshotCLIP), in accuracy points.
+# CuPL; LaFTer: its text classifier, trained on the descriptions and templates, i.e. CuPL's texts; MUST, DPA
+# and ReCLIP: the template classifier, i.e. ZeroshotCLIP), in accuracy points.
 # Measured, seeds 1 / 2 / 3:
 #   FAIR +11.6 / +10.6 / +10.3, mean 10.8  [mean  9.0 | 10.6 | 16.7]
 #   MUST  +3.9 /  +6.8 /  +6.2, mean  5.6  [mean  5.2 |  6.1 |  7.6]
 #   DPA  +12.8 / +11.7 / +14.5, mean 13.0  [mean  7.9 | 11.5 | 11.4]
+#   LaFTer +2.2 /  +5.4 /  +7.7, mean  5.1  (default world only; its synthetic schedule, 6 epochs)
+#   ReCLIP +4.2 /  +4.2 /  +4.2, mean  4.2  (default world only; without the projection: its synthetic.yaml)
 # (MUST and DPA on the default world re-measured after the parity fixes of docs/parity.md; in brackets
 # the other worlds as measured before them: +5.4 / +6.0 / +6.8 and +13.9 / +10.8 / +10.2 here then)
 # (every seed of every world: docs/synthetic.md, "Learning-signal tests")
 # Required: a mean gain of at least half the measured mean, and every seed clearly positive.
-MIN_MEAN_GAIN = {"FAIR": 5.0, "MUST": 3.0, "DPA": 5.0}
+MIN_MEAN_GAIN = {"FAIR": 5.0, "MUST": 3.0, "DPA": 5.0, "LaFTer": 2.5, "ReCLIP": 2.0}
 MIN_SEED_GAIN = 2.0  # points (one test image is 0.15); the smallest measured seed gain is 4.6
-STARTS_FROM = {"FAIR": "CuPL", "MUST": "ZeroshotCLIP", "DPA": "ZeroshotCLIP"}
+# LaFTer's weakest seed gains only 2.2 (on this world its pseudo-labels improve for about 6 epochs, then the
+# teacher, which reads the same drifting encoder, degrades): each of its seeds must gain half of that.
+SEED_GAIN_FLOOR = {"LaFTer": 1.0}
+STARTS_FROM = {"FAIR": "CuPL", "MUST": "ZeroshotCLIP", "DPA": "ZeroshotCLIP", "LaFTer": "CuPL",
+               "ReCLIP": "ZeroshotCLIP"}
 
 # FAIR with its pseudo-labels shuffled across the batch, seed 1: measured 19.3 %, 23 points below its
 # zero-shot start (seeds 2 and 3: 20.8 and 17.9 %) [33.2 %, 17 below | 26.1 %, 26 below | 19.3 %, 13
@@ -109,13 +116,13 @@ def test_zero_shot_is_well_above_chance_and_well_below_perfect(accuracy, trainer
         "CLIP's pretraining changed".format(trainer, acc, ZERO_SHOT_MIN, ZERO_SHOT_MAX, CHANCE))
 
 
-@pytest.mark.parametrize("trainer", ["FAIR", "MUST", "DPA"])
+@pytest.mark.parametrize("trainer", ["FAIR", "MUST", "DPA", "LaFTer", "ReCLIP"])
 def test_self_training_improves_on_zero_shot_over_seeds(accuracy, trainer):
     start = accuracy(STARTS_FROM[trainer])
     gains = [accuracy(trainer, seed) - start for seed in SEEDS]
     detail = "{} gains over {} ({:.1f}%) for seeds {}: {}".format(
         trainer, STARTS_FROM[trainer], start, SEEDS, ", ".join("{:+.1f}".format(g) for g in gains))
-    assert min(gains) >= MIN_SEED_GAIN, detail
+    assert min(gains) >= SEED_GAIN_FLOOR.get(trainer, MIN_SEED_GAIN), detail
     assert sum(gains) / len(gains) >= MIN_MEAN_GAIN[trainer], detail
 
 

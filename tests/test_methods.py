@@ -19,7 +19,7 @@ from fairclip.tools import methods as method_registry
 from fairclip.tools import new_trainer
 from fairclip.tools.run_jobs import plan_jobs
 
-SHIPPED = ["zsclip", "cupl", "wca", "upl", "must", "dpa", "fair"]
+SHIPPED = ["zsclip", "cupl", "wca", "upl", "must", "lafter", "reclip", "dpa", "fair"]
 
 
 # ---------------------------------------------------------------------------- the registry
@@ -34,7 +34,7 @@ def test_the_methods_come_from_the_scripts_and_name_registered_trainers(capsys):
         assert m.trainer in TRAINER_REGISTRY.registered_names(), m
         assert osp.isfile(osp.join(REPO, "configs", "trainers", m.trainer, "vit_b32.yaml")), m
     trains = {m.name for m in found if m.trains}
-    assert {"upl", "must", "dpa", "fair"} <= trains and not {"zsclip", "cupl", "wca"} & trains
+    assert {"upl", "must", "lafter", "reclip", "dpa", "fair"} <= trains and not {"zsclip", "cupl", "wca"} & trains
     assert method_registry.find("ZEROSHOTCLIP", found).title == "zero-shot CLIP"
     with pytest.raises(method_registry.UnknownMethod, match="unknown method 'fiar'; choose from zsclip cupl"):
         method_registry.find("fiar", found)

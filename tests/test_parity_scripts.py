@@ -1,8 +1,8 @@
-"""The parity scripts for ZeroshotCLIP, CuPL, WCA and UPL (tools/parity/) run end to end against stand-ins
+"""The parity scripts for ZeroshotCLIP, CuPL, WCA, UPL, LaFTer and ReCLIP (tools/parity/) run end to end against stand-ins
 of the authors' repositories, on the miniature DTD tree and the tiny CLIP, in this process.
 
-The stand-ins (tests/parity_stubs/coop, cupl, wca, upl) have only the files, names and call signatures of
-CoOp, CuPL, WCA and UPL that the scripts touch, each written in a few lines of our own (not copies of the
+The stand-ins (tests/parity_stubs/coop, cupl, wca, upl, lafter, reclip) have only the files, names and call
+signatures of CoOp, CuPL, WCA, UPL, LaFTer and ReCLIP that the scripts touch, each written in a few lines of our own (not copies of the
 references); with ``PARITY_STUB_BREAK=1`` they deviate slightly. The real comparisons with the authors'
 code are run by hand (docs/parity.md); these tests keep the scripts from rotting: each must pass on a
 faithful stand-in, fail (exit status 1) on one that deviates, and answer --help.
@@ -21,6 +21,8 @@ METHODS = {  # script -> (stand-in folder, extra arguments keeping the run small
     "cupl": ("cupl", ["--images", "4"]),
     "wca": ("wca", ["--images", "3", "--n-samples", "3", "--patch-n", "2"]),
     "upl": ("upl", ["--images", "3", "--opts", "TRAINER.UPL.ENSEMBLE", "2", "TRAINER.UPL.TOPK", "2"]),
+    "lafter": ("lafter", ["--images", "3", "--batch", "4", "--text-steps", "3", "--opts", "TRAINER.LAFTER.N_PROMPTS", "2"]),
+    "reclip": ("reclip", ["--images", "3", "--train-images", "0", "--opts", "TRAINER.RECLIP.N_NEIGHBORS", "4"]),
 }
 
 
@@ -57,9 +59,11 @@ def test_script_passes_on_a_faithful_stand_in(method, mini_dtd, tiny_clip, tmp_p
 
 def test_script_fails_on_a_deviating_stand_in(mini_dtd, tiny_clip, tmp_path, monkeypatch, capsys):
     """One deviation per stand-in is caught by the row that should catch it (zsclip: the logit scale;
-    upl: one pseudo-label fewer per class); exit status 1."""
+    upl: one pseudo-label fewer per class; lafter: twice the text noise; reclip: ReCLIP-V's loss not divided
+    by the batch); exit status 1."""
     monkeypatch.setenv("PARITY_STUB_BREAK", "1")
-    for method, row in [("zsclip", "ZeroshotCLIP: logits"), ("upl", "top-2 set, same probabilities")]:
+    for method, row in [("zsclip", "ZeroshotCLIP: logits"), ("upl", "top-2 set, same probabilities"),
+                        ("lafter", "text classifier after 3 steps"), ("reclip", "gradient / max |g|, visual norms (ReCLIP-V)")]:
         out = tmp_path / "{}.json".format(method)
         assert _script(method).main(_argv(method, mini_dtd, tiny_clip, out)) == 1
         failed = [r["quantity"] for r in json.load(open(out))["rows"] if not r["ok"]]

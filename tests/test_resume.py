@@ -51,6 +51,10 @@ CASES = {  # (trainer, views) -> extra KEY VALUE pairs
                          "TRAINER.FAIR.LAS_LOSS_WEIGHT", "0.5", "TRAINER.FAIR.GAMMA_SCHEDULE", "linear"],
     ("MUST", "never"): ["TEST.FINAL_MODEL", "best_val"],
     ("MUST", "always"): ["DATALOADER.NUM_WORKERS", "1"],  # persistent loader workers on the GPU-view path
+    # LaFTer: the text classifier is trained before epoch 1 only, then kept (with its frozen copy) in the checkpoint
+    ("LaFTer", "never"): ["TRAINER.LAFTER.TEXT_STEPS", "3", "TRAINER.LAFTER.N_PROMPTS", "2"],
+    # ReCLIP: every epoch starts with a pass over the train split and label propagation (GPU views: the pass too)
+    ("ReCLIP", "always"): ["TRAINER.RECLIP.N_NEIGHBORS", "3", "TRAINER.RECLIP.V_LOSS", "mean"],
 }
 if os.environ.get("FAIRCLIP_FULL_RESUME"):  # the other trainers that train (slow: not in the default suite)
     CASES.update({("DPA", "never"): [], ("DPA", "always"): [], ("UPL", "never"): ["TRAINER.UPL.TOPK", "4"]})

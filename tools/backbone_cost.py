@@ -181,7 +181,23 @@ STEP_VIEWS = {
     "MUST": lambda cfg: (1, 1),  # strong (student); weak (teacher)
     "DPA": lambda cfg: (1, 1),  # strong; weak
     "UPL": lambda cfg: (0, 1),  # the image tower runs without gradient; the prompts train through the text tower
+    # strong view through the prompted tower (its sequence is longer by the prompts); weak view (teacher)
+    "LaFTer": lambda cfg: (prompted_view_cost(cfg.MODEL.BACKBONE.NAME, cfg.TRAINER.LAFTER.N_PROMPTS), 1),
+    # the test view with gradient (ReCLIP-V); ReCLIP-T's image features are cached; its prompts train the text tower
+    "ReCLIP": lambda cfg: (1, 0),
 }
+# Trainers whose step runs the text tower with gradient, and the prompts per class it runs.
+TEXT_STEP_PROMPTS = {"UPL": lambda cfg: int(cfg.TRAINER.UPL.ENSEMBLE), "ReCLIP": lambda cfg: 1}
+
+
+def prompted_view_cost(backbone, n_prompts):
+    """One view of a ViT whose sequence carries ``n_prompts`` extra tokens, in plain views: the activations
+    a step saves grow about linearly with the sequence (a ResNet has no prompts)."""
+    arch = ARCHITECTURES.get(backbone)
+    if not arch or not arch["vision_patch_size"] or not n_prompts:
+        return 1.0
+    tokens = (arch["image_resolution"] // arch["vision_patch_size"]) ** 2 + 1
+    return (tokens + int(n_prompts)) / tokens
 
 
 def estimate_peak_gib(backbone, trainer, batch, prec="fp32", views=None, test_batch=256, test_views=1,
@@ -207,7 +223,7 @@ def estimate_peak_gib(backbone, trainer, batch, prec="fp32", views=None, test_ba
     n_grad, n_nograd = views
     train = weights + batch * (n_grad + n_nograd) * view_gib
     train += max(batch * n_grad * fig["saved_mb"][prec] * mb, batch * n_nograd * fig["nograd_peak_mb"][prec] * mb)
-    if trainer == "UPL":
+    if trainer in TEXT_STEP_PROMPTS:  # UPL, ReCLIP: every class's prompt(s) through the text tower with gradient
         train += num_classes * prompts * fig["text_saved_mb"][prec] * mb
     return max(train, evaluation)
 
@@ -239,6 +255,8 @@ def config_memory(trainer, cfg_name, num_classes=TABLE_CLASSES):
     kwargs = dict(test_batch=cfg.DATALOADER.TEST.BATCH_SIZE, test_views=test_views, num_classes=num_classes,
                   input_size=max(cfg.INPUT.SIZE))
     views = STEP_VIEWS[trainer](cfg) if trainer in STEP_VIEWS else None
+    if trainer in TEXT_STEP_PROMPTS:
+        kwargs["prompts"] = TEXT_STEP_PROMPTS[trainer](cfg)
     batch = cfg.DATALOADER.TRAIN_X.BATCH_SIZE if views else cfg.DATALOADER.TEST.BATCH_SIZE
     return {"backbone": backbone, "batch": batch, "test_views": test_views,
             "fp32": estimate_peak_gib(backbone, trainer, batch, "fp32", views, **kwargs),
@@ -247,7 +265,7 @@ def config_memory(trainer, cfg_name, num_classes=TABLE_CLASSES):
             "largest": largest_batch(backbone, trainer, views, "fp32", **kwargs) if views and views[0] else None}
 
 
-def memory_table(trainers=("ZeroshotCLIP", "CuPL", "WCA", "UPL", "MUST", "DPA", "FAIR"),
+def memory_table(trainers=("ZeroshotCLIP", "CuPL", "WCA", "UPL", "MUST", "LaFTer", "ReCLIP", "DPA", "FAIR"),
                  cfg_names=("vit_b32", "vit_b16", "vit_l14", "rn50")):
     """The markdown table of docs/speed.md ("Memory per backbone")."""
     lines = ["| trainer | batch | " + " | ".join("`{}`".format(c) for c in cfg_names) + " |",

@@ -110,6 +110,25 @@ def run_cost(cfg, trainer, n_train, n_test, n_classes):
         if trainer == "DPA":  # the initial image prototypes: one no-grad pass over the train split
             cost["other_views"] += n_train
             cost["seconds"] += n_train / eval_rate
+    elif trainer == "LaFTer":
+        # MUST's step shape (a no-grad weak view + a strong view with gradient), the strong view longer by the
+        # visual prompts; the text classifier's steps are on text embeddings only (negligible)
+        from fairclip.tools.backbone_cost import prompted_view_cost
+
+        prompted = prompted_view_cost(cfg.MODEL.BACKBONE.NAME, cfg.TRAINER.LAFTER.N_PROMPTS)
+        rate = REFERENCE["must"][0] / scale * 2.0 / (1.0 + prompted)
+        cost.update(views=2, train_views=n_train * epochs * 2, seconds=n_train * epochs / rate, figure="must")
+    elif trainer == "ReCLIP":
+        # per epoch: a no-grad pass over the train split (two views the first epoch: the frozen features are
+        # cached), then one view with gradient per image (3 of a MUST step's 4 forward-equivalents) and every
+        # class's prompt through the text tower, forward and backward, per step
+        steps = math.ceil(n_train / int(cfg.DATALOADER.TRAIN_X.BATCH_SIZE)) * epochs
+        text_gflop = steps * n_classes * 3 * text_gflops
+        fair_rate = REFERENCE["fair"][0] * FAIR_STEP_FORWARDS * FIGURES[REFERENCE_BACKBONE]["image_gflops"]
+        rate = REFERENCE["must"][0] / scale * 4.0 / 3.0
+        cost.update(views=1, train_views=n_train * epochs, figure="must")
+        cost["other_views"] += n_train * (epochs + 1)
+        cost["seconds"] = n_train * epochs / rate + n_train * (epochs + 1) / eval_rate + text_gflop / fair_rate
     elif trainer == "UPL":
         c = cfg.TRAINER.UPL
         selected = min(n_train, int(c.TOPK) * n_classes) if int(c.TOPK) > 0 else n_train
