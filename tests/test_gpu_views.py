@@ -160,7 +160,7 @@ def test_each_colour_op_matches_pil(op):
                "Posterize": lambda: TF.posterize(pil, mags["Posterize"]),
                "Solarize": lambda: TF.solarize(pil, mags["Solarize"]), "AutoContrast": lambda: TF.autocontrast(pil),
                "Equalize": lambda: TF.equalize(pil)}[op]()
-        ref = torch.from_numpy(np.asarray(ref)).permute(2, 0, 1).float()
+        ref = torch.from_numpy(np.array(ref)).permute(2, 0, 1).float()
         diff = (ours - ref).abs()
         assert diff.max() <= 2 and diff.mean() < 0.6, (op, sign, float(diff.max()), float(diff.mean()))
 
