@@ -258,3 +258,20 @@ def config_name(cfg):
         if osp.basename(osp.dirname(osp.abspath(path))) == unaliased(cfg.TRAINER.NAME):
             return osp.splitext(osp.basename(path))[0]
     return ""
+
+
+def flat_config(node, prefix=""):
+    """``{"OPTIM.LR": 0.002, ...}``: every leaf of a config node under its dotted key (tuples as lists)."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flat_config(value, prefix + key + "."))
+        else:
+            out[prefix + key] = _plain(value)
+    return out
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -91,16 +91,6 @@ def read_variants(path):
 
 
 # ---------------------------------------------------------------------------- the plan
-def _flat(node, prefix=""):
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, prefix + key + "."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def base_config(dataset, cfg_name, opts):
     """The configuration every variant starts from: FAIR's method config (with the dataset's per-dataset
     override) and the shared KEY VALUE pairs, as ``scripts/fair/main.sh`` builds it."""
@@ -125,7 +115,7 @@ def base_config(dataset, cfg_name, opts):
 def make_plan(variants, base, path):
     """``{name: {"keys": [KEY, VALUE, ...], "same_as": an earlier variant or None}}``: a variant whose
     merged configuration equals an earlier one's (the reference's first) is not run again."""
-    from fairclip.config import yacs_message
+    from fairclip.config import flat_config, yacs_message
 
     merged = {}
     for name, pairs in variants.items():
@@ -134,7 +124,7 @@ def make_plan(variants, base, path):
             cfg.merge_from_list([x for pair in pairs for x in pair])
         except (KeyError, AssertionError, ValueError) as exc:
             raise UserError("variants file {}: variant '{}': {}".format(path, name, yacs_message(exc))) from exc
-        merged[name] = _flat(cfg)
+        merged[name] = flat_config(cfg)
     plan = OrderedDict()
     order = [REFERENCE] + [n for n in variants if n != REFERENCE]
     for name, pairs in variants.items():

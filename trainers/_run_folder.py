@@ -29,6 +29,7 @@ import os
 import os.path as osp
 import shutil
 
+from fairclip.config import flat_config
 from fairclip.toolbox.checkpoints import POINTER, pointer_epoch
 from fairclip.toolbox.errors import UserError
 from fairclip.toolbox.io import atomic_write_json
@@ -53,22 +54,6 @@ _held = {}  # realpath of a folder -> (pid, open lock file): this process's lock
 
 
 # ---------------------------------------------------------------------------- training configuration
-def _plain(value):
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _flatten(node, prefix=""):
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, prefix + key + "."))
-        else:
-            out[prefix + key] = _plain(value)
-    return out
-
-
 def trainer_node(cfg):
     """The ``TRAINER.<NODE>`` name of the run's trainer (None when unknown)."""
     from fairclip.toolbox import TRAINER_REGISTRY
@@ -96,7 +81,7 @@ def is_training_key(key, node):
 def training_config(cfg):
     """``{KEY: value}`` of every config key that can change the trained weights (lists for tuples)."""
     node = trainer_node(cfg)
-    return {k: v for k, v in sorted(_flatten(cfg).items()) if is_training_key(k, node)}
+    return {k: v for k, v in sorted(flat_config(cfg).items()) if is_training_key(k, node)}
 
 
 def config_hash(train_cfg):
@@ -242,7 +227,7 @@ def check_record(cfg, folder):
                                 "re-evaluate" if finished else "resume"))
         return
     atomic_write_json({"trainer": cfg.TRAINER.NAME, "dataset": cfg.DATASET.NAME,
-                       "training_config": current, "config": _flatten(cfg)}, path)
+                       "training_config": current, "config": flat_config(cfg)}, path)
 
 
 def remove_stale_temp_files(folder):

@@ -37,6 +37,22 @@ def check_reference(path, marker):
 
 
 @contextlib.contextmanager
+def restore_modules(names):
+    """Put back, on exit, the ``sys.modules`` entries of the top-level ``names`` as they were on entry.
+
+    ``reference_on_path`` drops e.g. ``clip`` (most references ship their own) before and after importing
+    a reference; without this, the next ``import clip`` in this process would load OpenAI's package a
+    second time, with new classes that the objects built before no longer match."""
+    saved = {n: m for n, m in sys.modules.items() if n.split(".")[0] in names}
+    try:
+        yield
+    finally:
+        for n in [n for n in sys.modules if n.split(".")[0] in names]:
+            del sys.modules[n]
+        sys.modules.update(saved)
+
+
+@contextlib.contextmanager
 def reference_on_path(path, module_names=()):
     """Import the reference from ``path``: it goes first on ``sys.path`` for the block, and modules whose
     top-level name is in ``module_names`` (e.g. the reference's own ``datasets``/``trainers``/``clip``) are

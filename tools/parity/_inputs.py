@@ -16,6 +16,7 @@ import tempfile
 import torch
 
 from fairclip.toolbox.errors import UserError
+from fairclip.tools.parity._common import restore_modules  # noqa: F401  (the scripts call _inputs.restore_modules)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -111,21 +112,6 @@ def reference_clip_model(state_dict):
 
     model = importlib.import_module("clip.model").build_model(dict(state_dict))
     return model.float().eval()
-
-
-@contextlib.contextmanager
-def restore_modules(names):
-    """Put back, after the block, the modules whose top-level name is in ``names`` as they were before it
-    (``reference_on_path`` drops them; this process's own ``clip`` must survive a comparison)."""
-    import sys
-
-    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in names}
-    try:
-        yield
-    finally:
-        for k in [k for k in sys.modules if k.split(".")[0] in names]:
-            del sys.modules[k]
-        sys.modules.update(saved)
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ import types
 import torch
 
 from fairclip.toolbox.errors import UserError
+from fairclip.tools.parity._common import restore_modules as restored_modules
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -115,22 +116,6 @@ def legacy_imports(always=("timm", "tensorboardX", "torch._six"), if_missing=("m
         sys.modules.update(saved)
         for name in added:
             delattr(F, name)
-
-
-@contextlib.contextmanager
-def restored_modules(names):
-    """Put back, on exit, the ``sys.modules`` entries of the top-level ``names`` as they were on entry.
-
-    ``reference_on_path`` drops e.g. ``clip`` (the references ship their own) before and after importing
-    a reference; without this, the next ``import clip`` in the same process would load OpenAI's package a
-    second time, with new classes that objects built before no longer match."""
-    saved = {n: m for n, m in sys.modules.items() if n.split(".")[0] in names}
-    try:
-        yield
-    finally:
-        for n in [n for n in sys.modules if n.split(".")[0] in names]:
-            del sys.modules[n]
-        sys.modules.update(saved)
 
 
 @contextlib.contextmanager
