@@ -177,7 +177,7 @@ def test_each_geometric_op_matches_torchvision(op):
         ours = views._geometric(x, torch.tensor([float(RA_OPS.index(op))]), torch.tensor([sign]), mags)[0]
         key = "Rotate" if op == "Rotate" else op
         ref = _apply_op(Image.fromarray(img), op, sign * mags[key], TF.InterpolationMode.NEAREST, None)
-        ref = torch.from_numpy(np.asarray(ref)).permute(2, 0, 1).float()
+        ref = torch.from_numpy(np.array(ref)).permute(2, 0, 1).float()
         agree = ((ours - ref).abs().amax(0) <= 2).float().mean()
         assert agree > 0.9, (op, sign, float(agree))
         black_ours, black_ref = (ours.amax(0) == 0).float().mean(), (ref.amax(0) == 0).float().mean()

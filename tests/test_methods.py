@@ -10,6 +10,7 @@ import os
 import os.path as osp
 import re
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -170,11 +171,26 @@ def test_unknown_config_keys_get_a_suggestion():
 
 
 def _repo_text_files():
+    """The repository's own text files: what git tracks or would track (never a virtualenv such as CI's
+    .ci-venv, outputs or data); outside a git checkout, a walk that skips those folders."""
+    ends = (".py", ".md", ".sh", ".yaml", ".txt", ".toml")
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        listed = None
+    if listed is not None:
+        for rel in listed:
+            path = osp.join(REPO, rel)
+            if rel.endswith(ends) and osp.isfile(path):
+                yield path
+        return
     skip = {".git", "__pycache__", ".pytest_cache", "output", "data", "gpu_check", ".whl"}
     for root, dirs, files in os.walk(REPO):
-        dirs[:] = [d for d in dirs if d not in skip and not d.endswith(".egg-info")]
+        dirs[:] = [d for d in dirs if d not in skip and not d.endswith(".egg-info")
+                   and not osp.isfile(osp.join(root, d, "pyvenv.cfg"))]
         for name in files:
-            if name.endswith((".py", ".md", ".sh", ".yaml", ".txt", ".toml")):
+            if name.endswith(ends):
                 yield osp.join(root, name)
 
 
