@@ -442,7 +442,20 @@ def lr_trace(optimizer, scheduler, named_params, steps):
     return {n: per_group[:, i] for n, i in where.items()}
 
 
-__all__ = ["legacy_imports", "restored_modules", "cpu_synchronize", "quiet", "attribute", "recording",
+def checked_start(parse_args, argv, marker):
+    """``(args, reference path)``: the parsed command line, the reference checkout checked for ``marker``,
+    the world's size arguments checked, and torch seeded with ``--seed``."""
+    from fairclip.tools.parity._common import check_reference
+
+    args = parse_args(argv)
+    path = check_reference(args.reference, marker)
+    if args.batch_size < 1 or args.steps < 1:
+        raise UserError("--batch-size and --steps must be at least 1")
+    torch.manual_seed(args.seed)
+    return args, path
+
+
+__all__ = ["checked_start", "legacy_imports", "restored_modules", "cpu_synchronize", "quiet", "attribute", "recording",
            "add_world_arguments", "world_paths", "fp16_exact_copy", "build_ours", "fixed_views", "split_batches",
            "StepRecorder", "ours_name", "common_names", "map_names", "scaled", "noise_free", "compare_named",
            "relative", "lr_trace"]

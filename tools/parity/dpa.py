@@ -28,11 +28,11 @@ import types
 import torch
 
 from fairclip.tools.parity._common import (
-    ParityReport, build_parser, check_reference, git_commit, reference_on_path, run)
+    ParityReport, build_parser, git_commit, reference_on_path, run)
 from fairclip.tools.parity._selftraining import (
-    StepRecorder, add_world_arguments, attribute, build_ours, common_names, compare_named, cpu_synchronize,
-    fixed_views, legacy_imports, lr_trace, map_names, noise_free, ours_name, quiet, relative, restored_modules,
-    scaled, split_batches)
+    StepRecorder, add_world_arguments, attribute, build_ours, checked_start, common_names, compare_named,
+    cpu_synchronize, fixed_views, legacy_imports, lr_trace, map_names, noise_free, ours_name, quiet, relative,
+    restored_modules, scaled, split_batches)
 
 MARKER = osp.join("utils", "center.py")
 REF_MODULES = ("clip", "utils", "engine_self_training")
@@ -272,13 +272,7 @@ def compare(report, ours, ref, atol):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    path = check_reference(args.reference, MARKER)
-    if args.batch_size < 1 or args.steps < 1:
-        from fairclip.toolbox.errors import UserError
-
-        raise UserError("--batch-size and --steps must be at least 1")
-    torch.manual_seed(args.seed)
+    args, path = checked_start(parse_args, argv, MARKER)
     trainer = build_ours("DPA", args, ["TRAIN.CHECKPOINT_FREQ", "0"])
     weak, strong, labels, _ = fixed_views(trainer, args.batch_size * args.steps, args.seed)
     batches = split_batches(args.steps, args.batch_size, weak, strong, labels)

@@ -27,11 +27,11 @@ import types
 import torch
 
 from fairclip.tools.parity._common import (
-    ParityReport, build_parser, check_reference, git_commit, reference_on_path, run)
+    ParityReport, build_parser, git_commit, reference_on_path, run)
 from fairclip.tools.parity._selftraining import (
-    StepRecorder, add_world_arguments, build_ours, common_names, compare_named, cpu_synchronize, fixed_views,
-    legacy_imports, lr_trace, map_names, noise_free, ours_name, quiet, relative, restored_modules, scaled,
-    split_batches)
+    StepRecorder, add_world_arguments, build_ours, checked_start, common_names, compare_named, cpu_synchronize,
+    fixed_views, legacy_imports, lr_trace, map_names, noise_free, ours_name, quiet, relative, restored_modules,
+    scaled, split_batches)
 
 MARKER = "engine_self_training.py"
 REF_MODULES = ("clip", "model", "ema", "optim_factory", "utils", "engine_self_training", "build_dataset")
@@ -224,13 +224,7 @@ def compare(report, ours, ref, atol):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    path = check_reference(args.reference, MARKER)
-    if args.batch_size < 1 or args.steps < 1:
-        from fairclip.toolbox.errors import UserError
-
-        raise UserError("--batch-size and --steps must be at least 1")
-    torch.manual_seed(args.seed)
+    args, path = checked_start(parse_args, argv, MARKER)
     trainer = build_ours("MUST", args, ["TRAINER.MUST.TUNE", args.tune, "TRAINER.MUST.BALANCE", args.balance,
                                         "TRAINER.MUST.CONF_THRESHOLD", args.threshold])
     weak, strong, labels, _ = fixed_views(trainer, args.batch_size * args.steps, args.seed)
