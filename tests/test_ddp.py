@@ -94,7 +94,7 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(mini_pets, t
     results.mkdir()
     mp.spawn(_worker, args=(2, _free_port(), mini_pets, tiny_clip, str(tmp_path / "ddp"), str(results), opts, trainer),
              nprocs=2, join=True)
-    ranks = [torch.load(str(results / "rank{}.pt".format(r))) for r in range(2)]
+    ranks = [torch.load(str(results / "rank{}.pt".format(r)), weights_only=True) for r in range(2)]
     single = _one_step(_cfg(mini_pets, tiny_clip, str(tmp_path / "single"), 2 * B, *opts, trainer=trainer),
                        slice(0, 2 * B))
 

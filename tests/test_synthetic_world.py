@@ -123,7 +123,7 @@ def test_tiny_pretraining_gives_a_checkpoint_build_model_reads(small_world, tmp_
 
     out = str(tmp_path / "tiny.pt")
     pt.pretrain(small_world, out, seed=0, log=lambda *a: None, **TINY_PRETRAIN)
-    state = torch.load(out, map_location="cpu")
+    state = torch.load(out, map_location="cpu", weights_only=True)
     model = clip.model.build_model(dict(state)).float()
     assert model.visual.input_resolution == pt.ARCH["image_resolution"]
     assert model.context_length == 77 and model.vocab_size == 49408
@@ -137,7 +137,7 @@ def test_tiny_pretraining_gives_a_checkpoint_build_model_reads(small_world, tmp_
     # Same seed -> same weights.
     again = str(tmp_path / "again.pt")
     pt.pretrain(small_world, again, seed=0, log=lambda *a: None, **TINY_PRETRAIN)
-    other = torch.load(again, map_location="cpu")
+    other = torch.load(again, map_location="cpu", weights_only=True)
     assert all(torch.equal(state[k], other[k]) for k in state)
 
 

@@ -5,7 +5,7 @@
 The model is the real ``clip.model.CLIP`` architecture (ViT image tower, causal text transformer,
 CLIP's BPE tokenizer with its 49408-token vocabulary and 77-token context) with small widths, trained
 with the symmetric contrastive loss. The file holds ``model.state_dict()`` in OpenAI's key layout, so
-``clip.model.build_model(torch.load(path))`` rebuilds it (and so does the project's CLIP loader).
+``clip.model.build_model(torch.load(path, weights_only=True))`` rebuilds it (and so does the project's CLIP loader).
 
 Pretraining sees only ``DATA/synthetic_fg/source/`` (the source drawing style); the target dataset is
 what adaptation methods are later run on. Each step pairs a batch of images with one caption per class

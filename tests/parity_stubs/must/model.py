@@ -16,7 +16,7 @@ class clip_classifier(nn.Module):
             templates = json.load(f)[args.dataset]
         with open(args.classname) as f:
             self.classnames = json.load(f)[args.dataset]
-        self.model = clip.model.build_model(torch.load(args.clip_model, map_location="cpu")).float()
+        self.model = clip.model.build_model(torch.load(args.clip_model, map_location="cpu", weights_only=True)).float()
         with torch.no_grad():
             rows = []
             for name in self.classnames:

@@ -17,7 +17,7 @@ class clip_classifier(nn.Module):
             templates = json.load(f)[args.dataset]
         with open(args.classname) as f:
             self.classnames = json.load(f)[args.dataset]
-        self.model = clip.model.build_model(torch.load(args.clip_model, map_location="cpu")).float()
+        self.model = clip.model.build_model(torch.load(args.clip_model, map_location="cpu", weights_only=True)).float()
         self.model.embed_dim = self.model.text_projection.shape[1]
         with torch.no_grad():
             rows = []
