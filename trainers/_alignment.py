@@ -29,14 +29,12 @@ def weighted_composite(crops, weights):
 
 def select_top_crops(crops, relevance, k):
     """Keep the ``k`` crops most relevant to the whole image: ``(crops [B, k, D], relevance [B, k])``."""
-    k = min(k, crops.shape[1])
-    top = relevance.topk(k, dim=1).indices
-    picked = torch.gather(crops, 1, top.unsqueeze(-1).expand(-1, -1, crops.shape[-1]))
-    return picked, torch.gather(relevance, 1, top)
+    picked, top_relevance, _ = top_crops(crops, relevance, k)
+    return picked, top_relevance
 
 
 def top_crops(crops, relevance, k):
-    """Like ``select_top_crops``, also returning the chosen positions: ``(crops [B, k, D], relevance [B, k],
+    """``select_top_crops`` that also returns the chosen positions: ``(crops [B, k, D], relevance [B, k],
     index [B, k])`` (FAIR re-encodes the chosen crop images with gradient)."""
     k = min(k, crops.shape[1])
     top = relevance.topk(k, dim=1).indices
