@@ -46,7 +46,7 @@ from fairclip.toolbox.errors import UserError
 
 from ._alignment import (
     crop_relevance, crop_weights, description_prototypes, description_weights, mean_description_embedding,
-    select_top_crops, top_crops, weighted_composite,
+    top_crops, weighted_composite,
 )
 from . import _distributed
 from ._clip_base import ClipTrainer, TrainableState, unfreeze_visual_layernorms
@@ -111,10 +111,17 @@ def fixed_score(global_feats, crop_feats, w_fix, tau):
     return weighted_composite(crop_feats, weights) @ w_fix.t()
 
 
+def learned_alignment(global_feats, crop_feats, class_vectors, top_k, tau):
+    """``(LAS [B, K], index [B, k], crop weights [B, k])``: the top-k crops by relevance, re-weighted,
+    against the current class vectors, with the positions and weights of the crops it chose."""
+    picked, relevance, index = top_crops(crop_feats, crop_relevance(crop_feats, global_feats), top_k)
+    weights = crop_weights(relevance, tau)
+    return weighted_composite(picked, weights) @ class_vectors.t(), index, weights
+
+
 def learned_alignment_score(global_feats, crop_feats, class_vectors, top_k, tau):
     """``LAS [B, K]``: the top-k crops by relevance, re-weighted, against the current class vectors."""
-    picked, relevance = select_top_crops(crop_feats, crop_relevance(crop_feats, global_feats), top_k)
-    return weighted_composite(picked, crop_weights(relevance, tau)) @ class_vectors.t()
+    return learned_alignment(global_feats, crop_feats, class_vectors, top_k, tau)[0]
 
 
 def fuse_scores(s_fix, las, gamma):
@@ -340,9 +347,8 @@ class FAIR(ClipTrainer):
             feats = self.encode_images(torch.cat([weak, crops.flatten(0, 1)]))
             global_feats, crop_feats = feats[:b], feats[b:].view(b, n, -1)
             s_fix = fixed_score(global_feats, crop_feats, self.w_fix, c.CROP_TAU)
-            picked, relevance, index = top_crops(crop_feats, crop_relevance(crop_feats, global_feats), c.TOP_K)
-            crop_w = crop_weights(relevance, c.CROP_TAU)
-            las = weighted_composite(picked, crop_w) @ self.model.class_vectors().t()
+            las, index, crop_w = learned_alignment(global_feats, crop_feats, self.model.class_vectors(), c.TOP_K,
+                                                   c.CROP_TAU)
             fused = fuse_scores(s_fix, las, self.current_gamma())
             pseudo = fused.argmax(dim=1)
             weights = ambiguity_weights(s_fix, las, fused, pseudo, c.WEIGHTING, c.LOGIT_SCALE)
