@@ -82,12 +82,16 @@ def fill_template(template, classname):
     return template.format(classname.replace("_", " "))
 
 
+def template_embeddings(model, classnames, templates, fingerprint, cache_dir=""):
+    """``[K, T, D]``: the normalised embedding of every template filled with every class name (cached)."""
+    texts = [fill_template(t, c) for c in classnames for t in templates]
+    return encode_texts(model, texts, fingerprint, cache_dir, extra=list(templates)).view(
+        len(classnames), len(templates), -1)
+
+
 def template_classifier(model, classnames, templates, fingerprint, cache_dir=""):
     """Zero-shot classifier ``[K, D]``: per class, the normalised mean of normalised template embeddings."""
-    texts = [fill_template(t, c) for c in classnames for t in templates]
-    feats = encode_texts(model, texts, fingerprint, cache_dir, extra=list(templates)).view(
-        len(classnames), len(templates), -1)
-    return F.normalize(feats.mean(dim=1), dim=-1)
+    return F.normalize(template_embeddings(model, classnames, templates, fingerprint, cache_dir).mean(dim=1), dim=-1)
 
 
 def description_bank(model, descriptions, fingerprint, cache_dir=""):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
-from fairclip.clip_backbone.text import encode_texts, fill_template
+from fairclip.clip_backbone.text import template_embeddings
 from fairclip.toolbox import TRAINER_REGISTRY
 
 from ._alignment import description_prototypes, description_weights
@@ -42,11 +42,10 @@ class CuPL(ZeroshotCLIP):
         return classifier
 
     def template_embeddings(self):
-        """``[K, T, D]``: the normalised embedding of every template filled with every class name."""
-        templates = self.templates()
-        texts = [fill_template(t, c) for c in self.classnames for t in templates]
-        feats = encode_texts(self.clip_model, texts, self.clip_info["fingerprint"], self.text_cache_dir)
-        return feats.view(len(self.classnames), len(templates), -1).to(self.device)
+        """``[K, T, D]``: the normalised embedding of every template filled with every class name (the same
+        cache entry as ``template_classifier``)."""
+        return template_embeddings(self.clip_model, self.classnames, self.templates(), self.clip_info["fingerprint"],
+                                   self.text_cache_dir).to(self.device)
 
     def text_sources(self):
         node = self.cfg.TRAINER.CUPL
