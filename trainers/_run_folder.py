@@ -141,11 +141,12 @@ def check_output_dir(folder):
 
 
 def acquire_lock(folder):
-    """Hold an exclusive lock on ``folder`` for the life of this process (re-entrant within it)."""
+    """Hold an exclusive lock on ``folder`` for the life of this process (re-entrant within it). Returns
+    True when this call took the lock, False when this process already held it."""
     real = osp.realpath(folder)
     held = _held.get(real)
     if held is not None and held[0] == os.getpid():
-        return
+        return False
     path = osp.join(folder, LOCK)
     try:
         f = open(path, "a+")
@@ -167,6 +168,7 @@ def acquire_lock(folder):
     f.write("{}\n".format(os.getpid()))
     f.flush()
     _held[real] = (os.getpid(), f)
+    return True
 
 
 def release_lock(folder):
@@ -244,9 +246,7 @@ def prepare(cfg, fresh=False, train=True):
     """Make ``cfg.OUTPUT_DIR`` ready for this run (see the module docstring). Rank 0 only."""
     folder = cfg.OUTPUT_DIR
     check_output_dir(folder)
-    new_holder = osp.realpath(folder) not in _held or _held[osp.realpath(folder)][0] != os.getpid()
-    acquire_lock(folder)
-    if new_holder:
+    if acquire_lock(folder):  # this process has just taken the folder over
         remove_stale_temp_files(folder)
     if fresh:
         discard_previous(folder)
