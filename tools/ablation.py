@@ -167,8 +167,7 @@ def _runs_of(folder, dataset):
     for path in find_results([folder]):
         run = load_run(path)
         if run["dataset"] == dataset and run["trainer"] == "FAIR":
-            with open(path) as f:
-                run["variant"] = (json.load(f).get("protocol") or {}).get("variant", "")
+            run["variant"] = run["protocol"].get("variant", "")
             runs.append(run)
     return sorted(runs, key=lambda r: r["seed"])
 

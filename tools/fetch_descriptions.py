@@ -74,11 +74,12 @@ def match_classes(data, classnames, key, source):
 
 def imagenet_classnames(root):
     """ImageNet's class names from ``DATA/imagenet/classnames.txt`` (``<wnid> <name>`` lines), or None."""
+    from fairclip.datasets.imagenet import read_classnames as read_wnid_names
+
     path = osp.join(root, "imagenet", "classnames.txt")
     if not osp.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return [line.strip().split(" ", 1)[1] for line in f if line.strip() and " " in line.strip()]
+    return list(read_wnid_names(path, "ImageNet").values())
 
 
 def download(url, dest):

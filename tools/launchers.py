@@ -20,6 +20,7 @@ Do not resubmit a sweep while its earlier jobs are still queued (``squeue --me``
 import os
 import os.path as osp
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -147,17 +148,12 @@ def make_executor(args, params):
         raise _user_error("--launcher {} needs submitit: pip install submitit (requirements.txt lists it)".format(
             args.launcher)) from exc
     cluster = "local" if args.launcher == "submitit-local" else "slurm"
-    if cluster == "slurm" and not (_which("sbatch") and _which("srun")):
+    if cluster == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
         raise _user_error("--launcher slurm: sbatch is not on PATH (run this on a Slurm login node); --dry-run shows "
                         "what would be submitted, --launcher submitit-local runs the same jobs on this machine")
     executor = submitit.AutoExecutor(folder=job_folder(args), cluster=cluster)
     executor.update_parameters(**params)
     return executor
-
-
-def _which(program):
-    return any(osp.isfile(osp.join(d, program)) and os.access(osp.join(d, program), os.X_OK)
-               for d in os.environ.get("PATH", "").split(os.pathsep) if d)
 
 
 def launch(jobs, args):

@@ -96,12 +96,12 @@ def plan_jobs(datasets, methods, seeds, output, cfg, repo=REPO):
 
 
 def _command(job, args):
-    script = osp.join(REPO, "scripts", job["method"], "main.sh")
-    env = dict(os.environ, SEEDS=str(job["seed"]), DATA=args.data, OUTPUT=args.output, CFG=args.cfg,
-               PYTHON=args.python)
+    """The run's command and environment: what the other launchers run (``launchers.ScriptJob``), on its slot."""
+    argv, extra = launchers.ScriptJob(job, args.data, args.output, args.cfg, args.python, args.opts).command()
+    env = dict(os.environ, **extra)
     env["CUDA_VISIBLE_DEVICES"] = "" if job["slot"] == "cpu" else job["slot"]
     env.setdefault("PYTHONPATH", REPO)
-    return ["bash", script, job["dataset"], *args.opts], env
+    return argv, env
 
 
 def run(jobs, slots, args, poll=0.2):
@@ -126,7 +126,7 @@ def run(jobs, slots, args, poll=0.2):
             while queue and free:
                 job = queue.pop(0)
                 job["slot"] = free.pop(0)
-                job["log"] = osp.join(log_dir, "{dataset}.{method}.seed{seed}.log".format(**job))
+                job["log"] = launchers.run_log(args.output, job)
                 cmd, env = _command(job, args)
                 log = open(job["log"], "w")
                 job["start"] = time.time()
