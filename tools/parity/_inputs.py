@@ -167,15 +167,16 @@ def cuda_calls_stay_on_cpu():
         yield
 
 
-def load_functions(path, names, namespace):
-    """Compile only the top-level functions ``names`` of the script at ``path`` into ``namespace`` and
-    return them (for scripts whose module body loads models and datasets when imported)."""
+def load_functions(path, names, namespace, what="the reference's script"):
+    """Compile only the top-level functions and classes ``names`` of the script at ``path`` into
+    ``namespace`` and return them (for scripts whose module body parses the command line, loads models
+    and datasets when imported); ``what`` names the script in the error when one is missing."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), filename=path)
-    found = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
+    found = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names]
     absent = sorted(set(names) - {node.name for node in found})
     if absent:
-        raise UserError("{}: function(s) {} not found; is this the reference's script?".format(path, ", ".join(absent)))
+        raise UserError("{}: {} not found; is this {}?".format(path, ", ".join(absent), what))
     exec(compile(ast.Module(body=found, type_ignores=[]), path, "exec"), namespace)  # the reference's own code
     return [namespace[n] for n in names]
 

@@ -28,7 +28,6 @@ folder (no ``__init__.py``) is imported by path, so our own ``trainers`` package
 ``build_model`` deletes three keys a JIT archive has and a plain state dict lacks, so they are added.
 """
 import argparse
-import ast
 import contextlib
 import io
 import json
@@ -100,19 +99,6 @@ def _load_by_path(name, path):
     return module
 
 
-def load_script_parts(path, names, namespace):
-    """Compile the top-level functions and classes ``names`` of LaFTer.py (whose import would parse the
-    command line and import every dataset) into ``namespace``."""
-    with open(path, encoding="utf-8") as f:
-        tree = ast.parse(f.read(), filename=path)
-    found = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in names]
-    absent = sorted(set(names) - {n.name for n in found})
-    if absent:
-        raise UserError("{}: {} not found; is this LaFTer's LaFTer.py?".format(path, ", ".join(absent)))
-    exec(compile(ast.Module(body=found, type_ignores=[]), path, "exec"), namespace)  # the reference's own code
-    return [namespace[n] for n in names]
-
-
 def norm_params(clip_model):
     mods = [(n, m) for n, m in clip_model.visual.named_modules()
             if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d))]
@@ -182,8 +168,9 @@ def main(argv=None):
                 raise UserError("cannot import {}/trainers/LaFTer.py ({})".format(ref, exc)) from None
             namespace = dict(vars(ref_utils))
             namespace.update(torch=torch, time=__import__("time"), F=torch.nn.functional)
-            train_txt_cls, train_lafter, _ = load_script_parts(
-                osp.join(ref, "LaFTer.py"), ["train_txt_cls", "train_lafter", "lossmeter"], namespace)
+            train_txt_cls, train_lafter, _ = _inputs.load_functions(
+                osp.join(ref, "LaFTer.py"), ["train_txt_cls", "train_lafter", "lossmeter"], namespace,
+                "LaFTer's LaFTer.py")
             # LaFTer's build_model deletes these keys unconditionally; a state dict (not a JIT archive) lacks them
             extra = {k: torch.tensor(0) for k in ("input_resolution", "context_length", "vocab_size")}
             clip_model = _inputs.reference_clip_model(dict(extra, **state_dict))
