@@ -389,8 +389,7 @@ def scaled(report, name, ours, ref, atol):
     """A row of ``max |ours - ref| / max(1, max |ref|)``: the absolute difference for quantities of order 1,
     relative to the largest entry for larger ones (gradients, logits at scale 100)."""
     ours, ref = torch.as_tensor(ours).detach().double().cpu(), torch.as_tensor(ref).detach().double().cpu()
-    if ours.shape != ref.shape:
-        report.rows.append((name, "shape", "{} vs {}".format(tuple(ours.shape), tuple(ref.shape)), "equal", False))
+    if report.shapes_differ(name, ours, ref):
         return
     if not ours.numel():
         report.rows.append((name, "|d|/max(1,|r|)", 0.0, atol, True))
@@ -438,8 +437,7 @@ def relative(report, name, ours, ref, rtol):
     """A row of the max relative difference ``|ours - ref| / |ref|`` (for learning rates, which span
     several orders of magnitude)."""
     ours, ref = torch.as_tensor(ours, dtype=torch.float64), torch.as_tensor(ref, dtype=torch.float64)
-    if ours.shape != ref.shape:
-        report.rows.append((name, "shape", "{} vs {}".format(tuple(ours.shape), tuple(ref.shape)), "equal", False))
+    if report.shapes_differ(name, ours, ref):
         return
     rel = ((ours - ref).abs() / ref.abs().clamp_min(1e-30)).max().item() if ours.numel() else 0.0
     report.rows.append((name, "max rel", rel, rtol, rel <= rtol))
