@@ -90,11 +90,17 @@ class ParityReport:
         self.method, self.reference = method, reference
         self.rows = []
 
+    def shapes_differ(self, name, ours, ref):
+        """Whether the two tensors' shapes differ; if so, a failing "shape" row is added for ``name``."""
+        if ours.shape == ref.shape:
+            return False
+        self.rows.append((name, "shape", "{} vs {}".format(tuple(ours.shape), tuple(ref.shape)), "equal", False))
+        return True
+
     def tensors(self, name, ours, ref, atol):
         """Max absolute difference of two tensors of the same shape (a shape mismatch fails the row)."""
         ours, ref = torch.as_tensor(ours).detach().double().cpu(), torch.as_tensor(ref).detach().double().cpu()
-        if ours.shape != ref.shape:
-            self.rows.append((name, "shape", "{} vs {}".format(tuple(ours.shape), tuple(ref.shape)), "equal", False))
+        if self.shapes_differ(name, ours, ref):
             return
         diff = (ours - ref).abs().max().item() if ours.numel() else 0.0
         self.rows.append((name, "max |diff|", diff, atol, diff <= atol))
@@ -102,8 +108,7 @@ class ParityReport:
     def agreement(self, name, ours, ref, minimum=1.0):
         """Fraction of equal entries of two integer tensors (predictions, pseudo-labels, masks)."""
         ours, ref = torch.as_tensor(ours).cpu(), torch.as_tensor(ref).cpu()
-        if ours.shape != ref.shape:
-            self.rows.append((name, "shape", "{} vs {}".format(tuple(ours.shape), tuple(ref.shape)), "equal", False))
+        if self.shapes_differ(name, ours, ref):
             return
         frac = (ours == ref).double().mean().item() if ours.numel() else 1.0
         self.rows.append((name, "agreement", frac, minimum, frac >= minimum))

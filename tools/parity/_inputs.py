@@ -167,17 +167,49 @@ def cuda_calls_stay_on_cpu():
         yield
 
 
-def load_functions(path, names, namespace):
-    """Compile only the top-level functions ``names`` of the script at ``path`` into ``namespace`` and
-    return them (for scripts whose module body loads models and datasets when imported)."""
+def load_functions(path, names, namespace, what="the reference's script"):
+    """Compile only the top-level functions and classes ``names`` of the script at ``path`` into
+    ``namespace`` and return them (for scripts whose module body parses the command line, loads models
+    and datasets when imported); ``what`` names the script in the error when one is missing."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), filename=path)
-    found = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
+    found = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names]
     absent = sorted(set(names) - {node.name for node in found})
     if absent:
-        raise UserError("{}: function(s) {} not found; is this the reference's script?".format(path, ", ".join(absent)))
+        raise UserError("{}: {} not found; is this {}?".format(path, ", ".join(absent), what))
     exec(compile(ast.Module(body=found, type_ignores=[]), path, "exec"), namespace)  # the reference's own code
     return [namespace[n] for n in names]
+
+
+def round_tol(x):
+    """``x`` to two significant digits (a tolerance scaled by a logit scale or a gradient's size)."""
+    return float("{:.2g}".format(x))
+
+
+def norm_params(model, visual=True):
+    """``{name: parameter}`` of CLIP's image-tower norms (LayerNorm/BatchNorm) or, with ``visual`` False,
+    its text LayerNorms."""
+    if visual:
+        mods = [(n, m) for n, m in model.visual.named_modules()
+                if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d))]
+    else:
+        mods = [(n, m) for n, m in model.transformer.named_modules() if isinstance(m, torch.nn.LayerNorm)]
+        mods.append(("ln_final", model.ln_final))
+    return {"{}.{}".format(n, pn): p for n, m in mods for pn, p in m.named_parameters()}
+
+
+def stacked(params, what):
+    """The gradients (``what`` "grad") or values of ``params`` ({name: parameter}), in name order, as one vector."""
+    return torch.cat([(p.grad if what == "grad" else p).detach().reshape(-1) for _, p in sorted(params.items())])
+
+
+def compare_step(report, name, mine, theirs, atol):
+    """Two rows for a parameter set ({name: parameter}) after one training step on both sides: the gradients
+    divided by the reference's largest (relative to the gradient's size, whatever it is) and the values."""
+    grad_ref = stacked(theirs, "grad")
+    scale = grad_ref.abs().max().clamp_min(1e-30)
+    report.tensors("gradient / max |g|, " + name, stacked(mine, "grad") / scale, grad_ref / scale, 1e-4)
+    report.tensors("after the step, " + name, stacked(mine, "value"), stacked(theirs, "value"), atol)
 
 
 def workdir():

@@ -307,6 +307,25 @@ def split_batches(n_steps, batch_size, *tensors):
     return [tuple(t[s * batch_size:(s + 1) * batch_size] for t in tensors) for s in range(n_steps)]
 
 
+def total_steps(trainer):
+    """Iterations of the whole run (our per-iteration cosine's length; the reference's schedule length)."""
+    return trainer.cfg.OPTIM.MAX_EPOCH * len(trainer.train_loader_x)
+
+
+def reference_text_files(trainer, workdir):
+    """``(dataset, template file, class-name file)``: our templates and class names as JSON files in the
+    references' format (``{dataset: [...]}``), under the dataset key "parity"."""
+    import json
+
+    dataset = "parity"
+    template_file, class_file = osp.join(workdir, "templates.json"), osp.join(workdir, "classes.json")
+    with open(template_file, "w") as f:
+        json.dump({dataset: list(trainer.templates())}, f)
+    with open(class_file, "w") as f:
+        json.dump({dataset: [n.replace("_", " ") for n in trainer.classnames]}, f)  # as our templates fill them
+    return dataset, template_file, class_file
+
+
 # ---------------------------------------------------------------------------- observing a training step
 class StepRecorder:
     """Per optimiser step of ``optimizer``: the gradients and the learning rate of every named parameter
@@ -329,6 +348,11 @@ class StepRecorder:
     def close(self):
         for h in self.handles:
             h.remove()
+
+    def attach(self, steps):
+        """Add each recorded step's ``grads``, ``lrs`` and ``after`` to the matching dict of ``steps``."""
+        for rec, grads, lrs, after in zip(steps, self.grads, self.lrs, self.after):
+            rec.update(grads=grads, lrs=lrs, after=after)
 
 
 def ours_name(name):
@@ -365,8 +389,7 @@ def scaled(report, name, ours, ref, atol):
     """A row of ``max |ours - ref| / max(1, max |ref|)``: the absolute difference for quantities of order 1,
     relative to the largest entry for larger ones (gradients, logits at scale 100)."""
     ours, ref = torch.as_tensor(ours).detach().double().cpu(), torch.as_tensor(ref).detach().double().cpu()
-    if ours.shape != ref.shape:
-        report.rows.append((name, "shape", "{} vs {}".format(tuple(ours.shape), tuple(ref.shape)), "equal", False))
+    if report.shapes_differ(name, ours, ref):
         return
     if not ours.numel():
         report.rows.append((name, "|d|/max(1,|r|)", 0.0, atol, True))
@@ -414,8 +437,7 @@ def relative(report, name, ours, ref, rtol):
     """A row of the max relative difference ``|ours - ref| / |ref|`` (for learning rates, which span
     several orders of magnitude)."""
     ours, ref = torch.as_tensor(ours, dtype=torch.float64), torch.as_tensor(ref, dtype=torch.float64)
-    if ours.shape != ref.shape:
-        report.rows.append((name, "shape", "{} vs {}".format(tuple(ours.shape), tuple(ref.shape)), "equal", False))
+    if report.shapes_differ(name, ours, ref):
         return
     rel = ((ours - ref).abs() / ref.abs().clamp_min(1e-30)).max().item() if ours.numel() else 0.0
     report.rows.append((name, "max rel", rel, rtol, rel <= rtol))
@@ -442,6 +464,33 @@ def lr_trace(optimizer, scheduler, named_params, steps):
     return {n: per_group[:, i] for n, i in where.items()}
 
 
+def compare_lr_schedule(report, ours, ref):
+    """The row of both sides' per-iteration learning rates of every trainable parameter (``ours``/``ref``:
+    {name: [lr per iteration]}, ``ref`` under the reference's names)."""
+    ref = map_names(ref, ours_name)
+    names = common_names(report, "trainable parameters", ours, ref)
+    relative(report, "lr schedule (every step, every parameter)", torch.stack([ours[n] for n in names]),
+             torch.stack([ref[n] for n in names]), 1e-6)
+
+
+def compare_update(report, label, ours, ref, atol, groups, keep, transpose=()):
+    """The rows of one optimiser step (``ours``/``ref``: a step's ``lrs``, ``grads`` and ``after``, ``ref``
+    under the reference's names): learning rates, gradients (``scaled``) and updated weights on the entries
+    whose gradient was never noise-level; returns that ``keep`` mask, narrowed by this step (``noise_free``:
+    noise once, out for good)."""
+    r_lrs = {ours_name(n): v for n, v in ref["lrs"].items() if ours_name(n)}
+    names = common_names(report, label + " trainable parameters", ours["lrs"], r_lrs)
+    relative(report, label + " lr (every parameter)", [ours["lrs"][n] for n in names], [r_lrs[n] for n in names],
+             1e-6)
+    r_grads = map_names(ref["grads"], ours_name, transpose)
+    compare_named(report, label + " grad", ours["grads"], r_grads, atol, groups, row=lambda *a: scaled(report, *a))
+    now = noise_free(ours["grads"], r_grads)
+    keep = now if keep is None else {n: now[n] & keep[n] for n in now if n in keep}
+    compare_named(report, label + " updated", ours["after"], map_names(ref["after"], ours_name, transpose), atol,
+                  groups, keep=keep)
+    return keep
+
+
 def checked_start(parse_args, argv, marker):
     """``(args, reference path)``: the parsed command line, the reference checkout checked for ``marker``,
     the world's size arguments checked, and torch seeded with ``--seed``."""
@@ -457,5 +506,5 @@ def checked_start(parse_args, argv, marker):
 
 __all__ = ["checked_start", "legacy_imports", "restored_modules", "cpu_synchronize", "quiet", "attribute", "recording",
            "add_world_arguments", "world_paths", "fp16_exact_copy", "build_ours", "fixed_views", "split_batches",
-           "StepRecorder", "ours_name", "common_names", "map_names", "scaled", "noise_free", "compare_named",
-           "relative", "lr_trace"]
+           "total_steps", "reference_text_files", "StepRecorder", "ours_name", "common_names", "map_names", "scaled",
+           "noise_free", "compare_named", "relative", "lr_trace", "compare_lr_schedule", "compare_update"]

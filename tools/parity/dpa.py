@@ -19,7 +19,6 @@ learning rates and parameters (optimizer step hooks). Our side is ``trainers/dpa
 Exit status 1 when a row is beyond its tolerance, 2 on bad input.
 """
 import contextlib
-import json
 import os
 import os.path as osp
 import tempfile
@@ -30,9 +29,9 @@ import torch
 from fairclip.tools.parity._common import (
     ParityReport, build_parser, git_commit, reference_on_path, run)
 from fairclip.tools.parity._selftraining import (
-    StepRecorder, add_world_arguments, attribute, build_ours, checked_start, common_names, compare_named,
-    cpu_synchronize, fixed_views, legacy_imports, lr_trace, map_names, noise_free, ours_name, quiet, relative,
-    restored_modules, scaled, split_batches)
+    StepRecorder, add_world_arguments, attribute, build_ours, checked_start, compare_lr_schedule, compare_update,
+    cpu_synchronize, fixed_views, legacy_imports, lr_trace, quiet, reference_text_files, restored_modules, scaled,
+    split_batches, total_steps)
 
 MARKER = osp.join("utils", "center.py")
 REF_MODULES = ("clip", "utils", "engine_self_training")
@@ -44,10 +43,6 @@ def parse_args(argv=None):
     parser = build_parser("dpa", __doc__.split("\n")[0])
     add_world_arguments(parser)
     return parser.parse_args(argv)
-
-
-def total_steps(trainer):
-    return trainer.cfg.OPTIM.MAX_EPOCH * len(trainer.train_loader_x)
 
 
 # ---------------------------------------------------------------------------- our side
@@ -81,8 +76,7 @@ def run_ours(trainer, batches):
         trainer.after_epoch()
     finally:
         recorder.close()
-    for rec, grads, lrs, after in zip(out["steps"], recorder.grads, recorder.lrs, recorder.after):
-        rec.update(grads=grads, lrs=lrs, after=after)
+    recorder.attach(out["steps"])
     out["image_protos_after"] = model.image_prototypes.detach().clone()
     return out
 
@@ -136,12 +130,7 @@ def split_steps(calls):
 
 def run_reference(ref, trainer, batches, workdir):
     cfg, c = trainer.cfg, trainer.cfg.TRAINER.DPA
-    dataset = "parity"
-    template_file, class_file = osp.join(workdir, "templates.json"), osp.join(workdir, "classes.json")
-    with open(template_file, "w") as f:
-        json.dump({dataset: list(trainer.templates())}, f)
-    with open(class_file, "w") as f:
-        json.dump({dataset: [n.replace("_", " ") for n in trainer.classnames]}, f)  # as our templates fill them
+    dataset, template_file, class_file = reference_text_files(trainer, workdir)
     ns = types.SimpleNamespace(template=template_file, classname=class_file, dataset=dataset,
                                clip_model=cfg.MODEL.BACKBONE.PATH, device="cpu", nb_classes=trainer.num_classes,
                                lr=cfg.OPTIM.LR, min_lr=DPA_MIN_LR)
@@ -239,10 +228,7 @@ def compare(report, ours, ref, atol):
     report.tensors("text prototypes Z (initial)", ours["text_protos"], ref["text_protos"], atol)
     report.tensors("image prototypes P (initial, zero-shot bank)", ours["image_protos_init"],
                    ref["image_protos_init"], atol)
-    ref_trace = map_names(ref["lr_trace"], ours_name)
-    names = common_names(report, "trainable parameters", ours["lr_trace"], ref_trace)
-    relative(report, "lr schedule (every step, every parameter)", torch.stack([ours["lr_trace"][n] for n in names]),
-             torch.stack([ref_trace[n] for n in names]), 1e-6)
+    compare_lr_schedule(report, ours["lr_trace"], ref["lr_trace"])
     keep = None
     for s, (o, r) in enumerate(zip(ours["steps"], ref["steps"])):
         label = "step {}:".format(s)
@@ -257,15 +243,7 @@ def compare(report, ours, ref, atol):
         scaled(report, label + " class balance", o["loss_bal"], r["loss_bal"], atol)
         scaled(report, label + " prototype alignment", o["loss_align"], r["loss_align"], atol)
         scaled(report, label + " loss", o["loss"], r["loss"], atol)
-        r_lrs = {ours_name(n): v for n, v in r["lrs"].items() if ours_name(n)}
-        names = common_names(report, label + " trainable parameters", o["lrs"], r_lrs)
-        relative(report, label + " lr (every parameter)", [o["lrs"][n] for n in names], [r_lrs[n] for n in names], 1e-6)
-        r_grads = map_names(r["grads"], ours_name)
-        compare_named(report, label + " grad", o["grads"], r_grads, atol, GROUPS, row=lambda *a: scaled(report, *a))
-        now = noise_free(o["grads"], r_grads)
-        keep = now if keep is None else {n: now[n] & keep[n] for n in now if n in keep}
-        compare_named(report, label + " updated", o["after"], map_names(r["after"], ours_name), atol, GROUPS,
-                      keep=keep)
+        keep = compare_update(report, label, o, r, atol, GROUPS, keep)
     pseudo = torch.cat([o["pseudo"] for o in ours["steps"]])
     report.agreement("epoch end: bank pseudo-labels", pseudo, ref["bank_labels"])
     report.tensors("epoch end: image prototypes P", ours["image_protos_after"], ref["image_protos_after"], atol)

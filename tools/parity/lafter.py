@@ -28,7 +28,6 @@ folder (no ``__init__.py``) is imported by path, so our own ``trainers`` package
 ``build_model`` deletes three keys a JIT archive has and a plain state dict lacks, so they are added.
 """
 import argparse
-import ast
 import contextlib
 import io
 import json
@@ -100,33 +99,6 @@ def _load_by_path(name, path):
     return module
 
 
-def load_script_parts(path, names, namespace):
-    """Compile the top-level functions and classes ``names`` of LaFTer.py (whose import would parse the
-    command line and import every dataset) into ``namespace``."""
-    with open(path, encoding="utf-8") as f:
-        tree = ast.parse(f.read(), filename=path)
-    found = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in names]
-    absent = sorted(set(names) - {n.name for n in found})
-    if absent:
-        raise UserError("{}: {} not found; is this LaFTer's LaFTer.py?".format(path, ", ".join(absent)))
-    exec(compile(ast.Module(body=found, type_ignores=[]), path, "exec"), namespace)  # the reference's own code
-    return [namespace[n] for n in names]
-
-
-def norm_params(clip_model):
-    mods = [(n, m) for n, m in clip_model.visual.named_modules()
-            if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d))]
-    return {"{}.{}".format(n, pn): p for n, m in mods for pn, p in m.named_parameters()}
-
-
-def stacked(params, what):
-    return torch.cat([(p.grad if what == "grad" else p).detach().reshape(-1) for _, p in sorted(params.items())])
-
-
-def round_tol(x):
-    return float("{:.2g}".format(x))
-
-
 def main(argv=None):
     args = parser().parse_args(argv)
     ref = check_reference(args.reference, osp.join("trainers", "LaFTer.py"))
@@ -182,8 +154,9 @@ def main(argv=None):
                 raise UserError("cannot import {}/trainers/LaFTer.py ({})".format(ref, exc)) from None
             namespace = dict(vars(ref_utils))
             namespace.update(torch=torch, time=__import__("time"), F=torch.nn.functional)
-            train_txt_cls, train_lafter, _ = load_script_parts(
-                osp.join(ref, "LaFTer.py"), ["train_txt_cls", "train_lafter", "lossmeter"], namespace)
+            train_txt_cls, train_lafter, _ = _inputs.load_functions(
+                osp.join(ref, "LaFTer.py"), ["train_txt_cls", "train_lafter", "lossmeter"], namespace,
+                "LaFTer's LaFTer.py")
             # LaFTer's build_model deletes these keys unconditionally; a state dict (not a JIT archive) lacks them
             extra = {k: torch.tensor(0) for k in ("input_resolution", "context_length", "vocab_size")}
             clip_model = _inputs.reference_clip_model(dict(extra, **state_dict))
@@ -220,7 +193,7 @@ def main(argv=None):
             with torch.no_grad():
                 test_ref = model.eval_clip(test_images)
             params_ref = {"prompts": model.prompt_embeddings, "classifier": model.adapter[0].weight}
-            visual_ref = norm_params(model.model)
+            visual_ref = _inputs.norm_params(model.model)
 
         report.tensors("text classifier inputs: embeddings", ours.text_feats, text_feats_ref, args.atol)
         report.agreement("text classifier inputs: labels", ours.text_labels, text_labels_ref)
@@ -228,17 +201,14 @@ def main(argv=None):
                        args.atol)
         report.tensors("text classifier logits on test images", text_logits_ours, text_logits_ref, args.atol)
         report.agreement("text classifier predictions", text_logits_ours.argmax(1), text_logits_ref.argmax(1))
-        visual_ours = norm_params(ours.clip_model)
+        visual_ours = _inputs.norm_params(ours.clip_model)
         pairs = [("visual LayerNorms", visual_ours, visual_ref)]
         pairs += [(n, {n: params_ours[n]}, {n: params_ref[n]}) for n in ("classifier", "prompts")
                   if params_ours[n] is not None]
         for name, mine, theirs in pairs:
-            grad_ref = stacked(theirs, "grad")
-            scale = grad_ref.abs().max().clamp_min(1e-30)  # relative to the gradient's size, whatever it is
-            report.tensors("gradient / max |g|, " + name, stacked(mine, "grad") / scale, grad_ref / scale, 1e-4)
-            report.tensors("after the step, " + name, stacked(mine, "value"), stacked(theirs, "value"), args.atol)
+            _inputs.compare_step(report, name, mine, theirs, args.atol)
         scale = max(1.0, test_ref.abs().max().item())
-        report.tensors("student test logits after the step", test_ours, test_ref, round_tol(args.atol * scale))
+        report.tensors("student test logits after the step", test_ours, test_ref, _inputs.round_tol(args.atol * scale))
         report.agreement("student test predictions", test_ours.argmax(1), test_ref.argmax(1))
         recipe = _recipe()
         for name, mine, theirs in [("lr (both phases)", recipe["lr"], LAFTER_SCRIPT_LR),

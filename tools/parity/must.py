@@ -19,8 +19,6 @@ uses from 512 classes on (the reference's ``args.nb_classes`` is set to 512 to t
 Exit status 1 when a row is beyond its tolerance, 2 on bad input.
 """
 import contextlib
-import json
-import os.path as osp
 import tempfile
 import types
 
@@ -29,9 +27,9 @@ import torch
 from fairclip.tools.parity._common import (
     ParityReport, build_parser, git_commit, reference_on_path, run)
 from fairclip.tools.parity._selftraining import (
-    StepRecorder, add_world_arguments, build_ours, checked_start, common_names, compare_named, cpu_synchronize,
-    fixed_views, legacy_imports, lr_trace, map_names, noise_free, ours_name, quiet, relative, restored_modules,
-    scaled, split_batches)
+    StepRecorder, add_world_arguments, build_ours, checked_start, compare_lr_schedule, compare_named, compare_update,
+    cpu_synchronize, fixed_views, legacy_imports, lr_trace, map_names, ours_name, quiet, reference_text_files,
+    restored_modules, scaled, split_batches, total_steps)
 
 MARKER = "engine_self_training.py"
 REF_MODULES = ("clip", "model", "ema", "optim_factory", "utils", "engine_self_training", "build_dataset")
@@ -52,11 +50,6 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------------- our side
-def total_steps(trainer):
-    """Iterations of the whole run (our per-iteration cosine's length; the reference's schedule length)."""
-    return trainer.cfg.OPTIM.MAX_EPOCH * len(trainer.train_loader_x)
-
-
 def run_ours(trainer, batches):
     """Per step: teacher logits, pseudo-labels and mask, loss terms, EMA decay; gradients, learning rates
     and parameters around the update; the teacher's weights after the step."""
@@ -85,8 +78,7 @@ def run_ours(trainer, batches):
             })
     finally:
         recorder.close()
-    for rec, grads, lrs, after in zip(out["steps"], recorder.grads, recorder.lrs, recorder.after):
-        rec.update(grads=grads, lrs=lrs, after=after)
+    recorder.attach(out["steps"])
     return out
 
 
@@ -124,12 +116,7 @@ class _StepLog:
 def run_reference(ref, trainer, batches, args, workdir):
     """The reference's own training step on ``batches``, configured with our trainer's values."""
     cfg, c = trainer.cfg, trainer.cfg.TRAINER.MUST
-    dataset = "parity"
-    template_file, class_file = osp.join(workdir, "templates.json"), osp.join(workdir, "classes.json")
-    with open(template_file, "w") as f:
-        json.dump({dataset: list(trainer.templates())}, f)
-    with open(class_file, "w") as f:
-        json.dump({dataset: [n.replace("_", " ") for n in trainer.classnames]}, f)  # as our templates fill them
+    dataset, template_file, class_file = reference_text_files(trainer, workdir)
     ns = types.SimpleNamespace(
         template=template_file, classname=class_file, dataset=dataset, clip_model=cfg.MODEL.BACKBONE.PATH,
         device="cpu", mask=False, model_ema_decay=c.EMA_DECAY, opt="adamw", opt_eps=1e-8, opt_betas=None,
@@ -192,10 +179,7 @@ GROUPS = [("LayerNorms", lambda n: ".ln_" in n), ("classifier", lambda n: n == "
 
 def compare(report, ours, ref, atol):
     report.tensors("text classifier (initial weights)", ours["classifier_init"], ref["classifier_init"].t(), atol)
-    ref_trace = map_names(ref["lr_trace"], ours_name)
-    names = common_names(report, "trainable parameters", ours["lr_trace"], ref_trace)
-    relative(report, "lr schedule (every step, every parameter)", torch.stack([ours["lr_trace"][n] for n in names]),
-             torch.stack([ref_trace[n] for n in names]), 1e-6)
+    compare_lr_schedule(report, ours["lr_trace"], ref["lr_trace"])
     if len(ours["steps"]) != len(ref["steps"]):
         report.rows.append(("steps run", "count", "{} vs {}".format(len(ours["steps"]), len(ref["steps"])), "equal",
                             False))
@@ -210,15 +194,7 @@ def compare(report, ours, ref, atol):
         report.scalar(label + " EMA decay", o["ema_decay"], r["ema_decay"], 1e-12)
         scaled(report, label + " loss_st (masked CE)", o["loss_st"], r["loss_st"], atol)
         scaled(report, label + " loss_fair (class balance)", o["loss_fair"], r["loss_fair"], atol)
-        r_lrs = {ours_name(n): v for n, v in r["lrs"].items() if ours_name(n)}
-        names = common_names(report, label + " trainable parameters", o["lrs"], r_lrs)
-        relative(report, label + " lr (every parameter)", [o["lrs"][n] for n in names], [r_lrs[n] for n in names], 1e-6)
-        r_grads = map_names(r["grads"], ours_name, transpose)
-        compare_named(report, label + " grad", o["grads"], r_grads, atol, GROUPS, row=lambda *a: scaled(report, *a))
-        now = noise_free(o["grads"], r_grads)
-        keep = now if keep is None else {n: now[n] & keep[n] for n in now if n in keep}  # noise once, out for good
-        compare_named(report, label + " updated", o["after"], map_names(r["after"], ours_name, transpose), atol,
-                      GROUPS, keep=keep)
+        keep = compare_update(report, label, o, r, atol, GROUPS, keep, transpose)
         ref_ema = {k: v for k, v in map_names(r["ema"], ours_name, transpose).items() if k in o["ema"]}
         compare_named(report, label + " EMA teacher", o["ema"], ref_ema, atol, GROUPS, keep=keep)
 

@@ -51,26 +51,6 @@ def parser():
     return _inputs.add_world_args(p, images=16)
 
 
-def norm_params(model, visual):
-    """``{name: parameter}`` of CLIP's image-tower norms (LayerNorm/BatchNorm) or text LayerNorms."""
-    if visual:
-        mods = [(n, m) for n, m in model.visual.named_modules()
-                if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d))]
-    else:
-        mods = [(n, m) for n, m in model.transformer.named_modules() if isinstance(m, torch.nn.LayerNorm)]
-        mods.append(("ln_final", model.ln_final))
-    return {"{}.{}".format(n, pn): p for n, m in mods for pn, p in m.named_parameters()}
-
-
-def stacked(params, what):
-    return torch.cat([getattr(p, what).detach().reshape(-1) if what == "grad" else p.detach().reshape(-1)
-                      for _, p in sorted(params.items())])
-
-
-def round_tol(x):
-    return float("{:.2g}".format(x))
-
-
 class _ListDataset(torch.utils.data.Dataset):
     """Our train items as the reference's datasets are: ``(preprocessed image, index, label)``."""
 
@@ -214,7 +194,7 @@ def main(argv=None):
             ours._eval_text = ours.model.class_embeddings().detach()
             with torch.no_grad():
                 test_ours = ours.model_inference(test_images).cpu()
-        visual_ours, text_ours = norm_params(ours.clip_model, True), norm_params(ours.clip_model, False)
+        visual_ours, text_ours = _inputs.norm_params(ours.clip_model), _inputs.norm_params(ours.clip_model, visual=False)
         # One graph, solved by both sides' conjugate gradients (float64, as SciPy).
         points = F.normalize(torch.cat([v_nodes, ours._frozen_feats]) @ projection, dim=-1)
         graph = knn_affinity(points, c.N_NEIGHBORS, c.KNN_CHUNK).double()
@@ -231,8 +211,8 @@ def main(argv=None):
             with torch.no_grad():
                 names = [n.replace("_", " ") for n in ours.classnames]
                 test_ref = 0.5 * (t_model(test_images, names)[0] + v_model(test_images)[0]).float()
-            visual_ref = norm_params(v_model.base_model, True)
-            text_ref = norm_params(t_model.base_model, False)
+            visual_ref = _inputs.norm_params(v_model.base_model)
+            text_ref = _inputs.norm_params(t_model.base_model, visual=False)
 
         n = len(items)
         report.tensors("images: our test transform vs CLIP's preprocess", images, ref_images, args.atol)
@@ -249,12 +229,9 @@ def main(argv=None):
                        torch.as_tensor(v_model.classification_weight).t(), 1e-4)
         for name, mine, theirs in (("visual norms (ReCLIP-V)", visual_ours, visual_ref),
                                    ("text LayerNorms (ReCLIP-T)", text_ours, text_ref)):
-            grad_ref = stacked(theirs, "grad")
-            scale = grad_ref.abs().max().clamp_min(1e-30)  # relative to the gradient's size, whatever it is
-            report.tensors("gradient / max |g|, " + name, stacked(mine, "grad") / scale, grad_ref / scale, 1e-4)
-            report.tensors("after the step, " + name, stacked(mine, "value"), stacked(theirs, "value"), args.atol)
+            _inputs.compare_step(report, name, mine, theirs, args.atol)
         report.tensors("ReCLIP-T nodes after the epoch", ours.model.t_nodes, t_lp.centriods, 1e-4)
-        report.tensors("test logits, ensemble", test_ours, test_ref, round_tol(args.atol * c.LOGIT_SCALE))
+        report.tensors("test logits, ensemble", test_ours, test_ref, _inputs.round_tol(args.atol * c.LOGIT_SCALE))
         report.agreement("test predictions", test_ours.argmax(1), test_ref.argmax(1))
         recipe = _recipe()
         for name, mine, theirs in [("batch size", recipe["batch"], defaults.bs),

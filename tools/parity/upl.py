@@ -107,10 +107,6 @@ def momentum_buffer(optimizer, param):
     return (buf if buf is not None else torch.zeros_like(param)).detach().clone()
 
 
-def round_tol(x):
-    return float("{:.2g}".format(x))
-
-
 def lr_trace(optimizer, scheduler, epochs):
     trace = []
     with warnings.catch_warnings():
@@ -235,7 +231,7 @@ def main(argv=None):
                        args.atol)
         report.scalar("loss, batch of {} (sum over members)".format(len(batch_items)), loss_ours, loss_ref, args.atol)
         grads = torch.stack(grads)
-        grad_tol = round_tol(args.atol * max(1.0, grads.abs().max().item()))  # relative to the gradient's size
+        grad_tol = _inputs.round_tol(args.atol * max(1.0, grads.abs().max().item()))  # relative to the gradient's size
         report.tensors("context gradient", ours.prompt_learner.ctx.grad, grads, grad_tol)
         report.tensors("context after the step", ours.prompt_learner.ctx.detach(), torch.stack(after), args.atol)
         report.scalar("lr of the step", lr_step_ours, lr_step_ref, 1e-12)
@@ -248,7 +244,7 @@ def main(argv=None):
                 ("recipe: SGD momentum", ours.cfg.OPTIM.MOMENTUM, cfg.OPTIM.MOMENTUM),
                 ("recipe: weight decay", ours.cfg.OPTIM.WEIGHT_DECAY, cfg.OPTIM.WEIGHT_DECAY)]:
             report.scalar(name, mine, theirs, 0)
-        report.tensors("test logits, ensemble mean", test_ours, test_ref, round_tol(args.atol * ours.logit_scale))
+        report.tensors("test logits, ensemble mean", test_ours, test_ref, _inputs.round_tol(args.atol * ours.logit_scale))
         report.agreement("test predictions", test_ours.argmax(1), test_ref.argmax(1))
         _inputs.describe_inputs(ours, args, "{} train images (zero-shot, selection), a batch of {} selected, {} test "
                                 "images".format(len(items), len(batch_items), len(test_images)))

@@ -107,7 +107,7 @@ def compare(report, atol, label, ours, templates_ref, text_ref, logits_ref, imag
         logits = ours.model_inference(images.to(ours.device)).cpu()
     _inputs.compare_sets(report, "{}: templates".format(label), enumerate(ours.templates()), enumerate(templates_ref))
     report.tensors("{}: class text embeddings".format(label), ours.class_weights, text_ref, atol)
-    report.tensors("{}: logits".format(label), logits, logits_ref, float("{:.2g}".format(atol * ours.logit_scale)))
+    report.tensors("{}: logits".format(label), logits, logits_ref, _inputs.round_tol(atol * ours.logit_scale))
     report.agreement("{}: predictions".format(label), logits.argmax(1), logits_ref.argmax(1))
 
 
