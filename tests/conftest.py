@@ -121,3 +121,15 @@ def mini_dtd(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     make_dtd(str(root), classes=3, per_class=6, size=40)
     return str(root)
+
+
+@pytest.fixture(scope="module")
+def mini_pets_dtd(tmp_path_factory):
+    """One data root holding a miniature Oxford Pets and a miniature DTD (3 classes x 4 images, 32 px each),
+    one per test module."""
+    from fairclip.tools.make_miniature_data import make_dtd, make_oxford_pets
+
+    root = str(tmp_path_factory.mktemp("data"))
+    make_oxford_pets(root, classes=3, per_class=4, size=32)
+    make_dtd(root, classes=3, per_class=4, size=32)
+    return root
