@@ -1,4 +1,5 @@
 """Shared fixtures: tiny CLIP checkpoints and isolated caches. CPU only, no network."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -47,6 +48,26 @@ def run_cli(args, env=None, cwd=REPO, timeout=600):
 
 def train_py(*args, env=None):
     return run_cli([sys.executable, os.path.join(REPO, "train.py"), *map(str, args)], env=env)
+
+
+@contextlib.contextmanager
+def log_tee_undone():
+    """For train.py run in this process: its tee of ``sys.stdout`` into the run's log.txt is closed and the
+    console put back on the way out, whatever happened."""
+    stdout = sys.stdout
+    try:
+        yield
+    finally:
+        if sys.stdout is not stdout:
+            sys.stdout.close()
+            sys.stdout = stdout
+
+
+def one_line(exc_info):
+    """The message of a ``pytest.raises`` result, checked to be a single line."""
+    message = str(exc_info.value)
+    assert "\n" not in message
+    return message
 
 
 def make_dataset_cfg(root, key, *opts):
