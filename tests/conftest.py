@@ -70,6 +70,15 @@ def one_line(exc_info):
     return message
 
 
+def unit_vectors(*shape, seed=0):
+    """Random unit vectors along the last dimension, from their own generator seeded with ``seed``."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(*shape, generator=g), dim=-1)
+
+
 def make_dataset_cfg(root, key, *opts):
     """The default config extended with our keys, for dataset ``key`` under ``root``, plus ``opts``."""
     from fairclip.toolbox import get_cfg_default
