@@ -1,4 +1,5 @@
 """Shared fixtures: tiny CLIP checkpoints and isolated caches. CPU only, no network."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -47,6 +48,35 @@ def run_cli(args, env=None, cwd=REPO, timeout=600):
 
 def train_py(*args, env=None):
     return run_cli([sys.executable, os.path.join(REPO, "train.py"), *map(str, args)], env=env)
+
+
+@contextlib.contextmanager
+def log_tee_undone():
+    """For train.py run in this process: its tee of ``sys.stdout`` into the run's log.txt is closed and the
+    console put back on the way out, whatever happened."""
+    stdout = sys.stdout
+    try:
+        yield
+    finally:
+        if sys.stdout is not stdout:
+            sys.stdout.close()
+            sys.stdout = stdout
+
+
+def one_line(exc_info):
+    """The message of a ``pytest.raises`` result, checked to be a single line."""
+    message = str(exc_info.value)
+    assert "\n" not in message
+    return message
+
+
+def unit_vectors(*shape, seed=0):
+    """Random unit vectors along the last dimension, from their own generator seeded with ``seed``."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(*shape, generator=g), dim=-1)
 
 
 def make_dataset_cfg(root, key, *opts):
@@ -121,3 +151,15 @@ def mini_dtd(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     make_dtd(str(root), classes=3, per_class=6, size=40)
     return str(root)
+
+
+@pytest.fixture(scope="module")
+def mini_pets_dtd(tmp_path_factory):
+    """One data root holding a miniature Oxford Pets and a miniature DTD (3 classes x 4 images, 32 px each),
+    one per test module."""
+    from fairclip.tools.make_miniature_data import make_dtd, make_oxford_pets
+
+    root = str(tmp_path_factory.mktemp("data"))
+    make_oxford_pets(root, classes=3, per_class=4, size=32)
+    make_dtd(root, classes=3, per_class=4, size=32)
+    return root

@@ -3,13 +3,12 @@ end to end (train.py's main, in-process) on a tiny CLIP of the same shape; the c
 only in the backbone; ResNet towers train their BatchNorm affine parameters with frozen running statistics."""
 import json
 import os
-import sys
 
 import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, log_tee_undone
 
 TRAINERS = ["ZeroshotCLIP", "CuPL", "WCA", "UPL", "MUST", "LaFTer", "ReCLIP", "DPA", "FAIR"]
 BACKBONE_CONFIGS = {"vit_b16": "ViT-B/16", "vit_l14": "ViT-L/14", "rn50": "RN50"}
@@ -52,23 +51,11 @@ def tiny_dtd(tmp_path_factory):
     return str(root)
 
 
-def _run_train_py(argv):
-    """train.py's main in this process (its log tee undone afterwards)."""
-    import train
-
-    stdout = sys.stdout
-    try:
-        train.main(train.build_parser().parse_args(argv))
-    finally:
-        train._distributed.cleanup()
-        if sys.stdout is not stdout:
-            sys.stdout.close()
-            sys.stdout = stdout
-
-
 @pytest.mark.parametrize("cfg_name", sorted(BACKBONE_CONFIGS))
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_backbone_config_runs_on_its_stand_in(trainer, cfg_name, stand_ins, tiny_dtd, tmp_path):
+    import train
+
     clip_path, side = stand_ins[cfg_name]
     out = str(tmp_path / "run")
     argv = ["--root", tiny_dtd, "--trainer", trainer, "--seed", "1", "--output-dir", out,
@@ -78,7 +65,8 @@ def test_backbone_config_runs_on_its_stand_in(trainer, cfg_name, stand_ins, tiny
     argv += ["MODEL.BACKBONE.PATH", clip_path, "INPUT.SIZE", "({0}, {0})".format(side), "DATALOADER.NUM_WORKERS", "0",
              "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "8", "OPTIM.MAX_EPOCH", "1",
              "VERBOSE", "False", *TINY.get(trainer, [])]
-    _run_train_py(argv)
+    with log_tee_undone():  # train.main in this process
+        train.main(train.build_parser().parse_args(argv))
 
     result = json.load(open(os.path.join(out, "results.json")))
     assert result["trainer"] == trainer and result["cfg"] == cfg_name

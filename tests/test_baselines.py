@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.conftest import build_seeded, trainer_cfg
+from tests.conftest import build_seeded, trainer_cfg, unit_vectors
 from fairclip.trainers._alignment import description_weights
 from fairclip.trainers.dpa import (
     agreement_weights, alignment_loss, class_mean_prototypes, distribution_alignment, dpa_pseudo_labels,
@@ -20,11 +20,6 @@ from fairclip.trainers.must import (
 )
 from fairclip.trainers.upl import PromptLearner, encode_prompt_embeddings, ensemble_loss, select_top_k_per_class
 from fairclip.trainers.wca import SeededLocalCrops, softmax_description_weights, wca_scores
-
-
-def _unit(*shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(*shape, generator=g), dim=-1)
 
 
 def _cfg(size=32):
@@ -56,9 +51,9 @@ def test_wca_crop_weighting_follows_agreement_with_the_whole_image():
 
 
 def test_wca_description_weights_softmax_over_real_descriptions():
-    emb = _unit(2, 3, 8)
+    emb = unit_vectors(2, 3, 8)
     mask = torch.tensor([[True, True, False], [True, True, True]])
-    t = _unit(2, 8, seed=1)
+    t = unit_vectors(2, 8, seed=1)
     uniform = softmax_description_weights(emb, mask, t, tau=0.0)
     assert torch.allclose(uniform, torch.tensor([[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]]))
     w = softmax_description_weights(emb, mask, t, tau=math.exp(2))

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from tests.conftest import REPO, run_cli, train_py
+from tests.conftest import REPO, log_tee_undone, run_cli, train_py
 from fairclip.toolbox.errors import UserError
 
 
@@ -181,8 +181,6 @@ def test_cupl_reads_a_user_cupl_file_and_names_missing_classes(mini_dtd, tiny_cl
 
 def test_bad_command_lines_fail_with_one_line(mini_dtd, tiny_clip, tmp_path, capsys):
     """train.py's entry point, in this process: exit status 2 and exactly one ``ERROR:`` line, no traceback."""
-    import sys
-
     import train
 
     base = ["--root", mini_dtd, "--trainer", "ZeroshotCLIP", "--eval-only", "--output-dir", str(tmp_path / "o"),
@@ -202,16 +200,10 @@ def test_bad_command_lines_fail_with_one_line(mini_dtd, tiny_clip, tmp_path, cap
         (["--config-file", zs_cfg, "MODEL.BACKBONE.PATH", tiny_clip, "INPUT.SIZE", "(32, 32)"],
          "does not match the CLIP input resolution 224"),
     ]
-    stdout = sys.stdout
     for extra, message in cases:
         capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_info:
-            try:
-                train.cli(base + extra)
-            finally:
-                if sys.stdout is not stdout:  # the run's log tee
-                    sys.stdout.close()
-                    sys.stdout = stdout
+        with pytest.raises(SystemExit) as exit_info, log_tee_undone():
+            train.cli(base + extra)
         err = capsys.readouterr().err
         assert exit_info.value.code == 2, (extra, err)
         err_lines = [line for line in err.splitlines() if line.startswith("ERROR:")]

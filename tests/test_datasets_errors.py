@@ -12,14 +12,8 @@ from fairclip.toolbox import DATASET_REGISTRY
 from fairclip.toolbox.errors import UserError
 
 from fairclip.datasets.common import SkipUnreadableWrapper, TooManyUnreadableImages
-from tests.conftest import build_dataset, make_dataset_cfg
+from tests.conftest import build_dataset, make_dataset_cfg, one_line
 from fairclip.tools.make_miniature_data import BUILDERS
-
-
-def one_line(exc_info):
-    message = str(exc_info.value)
-    assert "\n" not in message
-    return message
 
 
 def test_empty_and_missing_root(tmp_path):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, log_tee_undone, run_cli
 from fairclip.tools.make_miniature_data import BENCHMARKS, make_all
 
 pytestmark = pytest.mark.skipif(not osp.isfile(osp.join(REPO, "trainers", "zsclip.py")), reason="no ZeroshotCLIP")
@@ -28,8 +28,7 @@ def _run_in_process(key, root, tiny_clip, out):
     """What scripts/run_seeds.sh runs for one seed, through train.py's entry point in this process."""
     import train
 
-    stdout = sys.stdout
-    try:
+    with log_tee_undone():  # train.py tees stdout into the run's log.txt
         train.cli([
             "--root", str(root), "--seed", "1", "--trainer", "ZeroshotCLIP",
             "--dataset-config-file", osp.join(REPO, "configs", "datasets", key + ".yaml"),
@@ -38,10 +37,6 @@ def _run_in_process(key, root, tiny_clip, out):
             "RUN.CFG_NAME", "vit_b32", "MODEL.BACKBONE.PATH", tiny_clip, "DATALOADER.NUM_WORKERS", "0",
             "VERBOSE", "False",
         ])
-    finally:
-        if sys.stdout is not stdout:  # train.py tees stdout into the run's log.txt
-            sys.stdout.close()
-            sys.stdout = stdout
 
 
 @pytest.mark.parametrize("key", BENCHMARKS)

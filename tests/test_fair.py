@@ -13,18 +13,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.conftest import REPO, build_seeded, run_cli, small_fair_cfg, train_py
+from tests.conftest import REPO, build_seeded, run_cli, small_fair_cfg, train_py, unit_vectors
 from fairclip.toolbox.errors import UserError
 from fairclip.trainers._alignment import mean_description_embedding, select_top_crops
 from fairclip.trainers._views import LocalCrops, sample_square_crop
 from fairclip.trainers.fair import (
     ambiguity_weights, fixed_score, fuse_scores, learned_alignment_score,
 )
-
-
-def _unit(*shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(*shape, generator=g), dim=-1)
 
 
 # ---------------------------------------------------------------------------- parts
@@ -50,7 +45,7 @@ def test_local_crops_transform_shape():
 
 
 def test_top_k_selection_picks_the_most_relevant_crops():
-    crops = _unit(2, 6, 8)
+    crops = unit_vectors(2, 6, 8)
     relevance = torch.tensor([[0.1, 0.9, 0.3, 0.8, -0.2, 0.5], [0.7, 0.0, 0.2, 0.1, 0.6, 0.65]])
     picked, rel = select_top_crops(crops, relevance, 3)
     assert sorted(rel[0].tolist()) == pytest.approx([0.5, 0.8, 0.9])
@@ -59,16 +54,16 @@ def test_top_k_selection_picks_the_most_relevant_crops():
 
 
 def test_las_with_all_crops_and_uniform_weights_is_the_mean_crop_score():
-    g, c, a = _unit(3, 16), _unit(3, 5, 16, seed=1), _unit(4, 16, seed=2)
+    g, c, a = unit_vectors(3, 16), unit_vectors(3, 5, 16, seed=1), unit_vectors(4, 16, seed=2)
     las = learned_alignment_score(g, c, a, top_k=5, tau=0.0)
     expected = F.normalize(c.mean(1), dim=-1) @ a.t()
     assert torch.allclose(las, expected, atol=1e-6)
 
 
 def test_gamma_one_reproduces_the_fixed_score():
-    g, c, w = _unit(4, 16), _unit(4, 8, 16, seed=1), _unit(5, 16, seed=2)
+    g, c, w = unit_vectors(4, 16), unit_vectors(4, 8, 16, seed=1), unit_vectors(5, 16, seed=2)
     s_fix = fixed_score(g, c, w, tau=54.6)
-    las = learned_alignment_score(g, c, _unit(5, 16, seed=3), 4, 54.6)
+    las = learned_alignment_score(g, c, unit_vectors(5, 16, seed=3), 4, 54.6)
     assert torch.equal(fuse_scores(s_fix, las, 1.0), s_fix)
     assert torch.equal(fuse_scores(s_fix, las, 0.0), las)
 

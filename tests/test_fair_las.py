@@ -4,7 +4,6 @@ import functools
 import http.server
 import json
 import os
-import socket
 import sys
 import threading
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, build_seeded, make_dataset_cfg, run_cli, small_fair_cfg
+from tests.test_ddp import _free_port
 from fairclip.toolbox.errors import UserError
 from fairclip.trainers._clip_base import visual_layernorms
 from fairclip.trainers.fair import gamma_at
@@ -208,9 +208,7 @@ def test_fetch_cupl_downloads_and_renames_classes_to_ours(http_folder, tmp_path,
 def test_fetch_cupl_offline_is_one_clear_line(tmp_path, capsys, monkeypatch):
     from fairclip.tools import fetch_descriptions
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()  # a port nobody listens on
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     code = fetch_descriptions.main(["cupl", "--root", str(tmp_path), "--datasets", "dtd",
                                     "--base-url", "http://127.0.0.1:{}".format(port)])

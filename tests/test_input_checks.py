@@ -14,15 +14,9 @@ from fairclip.datasets.common import SkipUnreadableWrapper
 from fairclip.datasets.decoded_cache import decode_resized, open_decoded_cache
 from fairclip.toolbox.errors import UserError
 from fairclip.tools.make_miniature_data import BUILDERS
-from tests.conftest import build_dataset, build_seeded, make_dataset_cfg, small_fair_cfg, trainer_cfg
+from tests.conftest import build_dataset, build_seeded, make_dataset_cfg, one_line, small_fair_cfg, trainer_cfg
 
 SPLIT = "split_zhou_DescribableTextures.json"
-
-
-def one_line(exc_info):
-    message = str(exc_info.value)
-    assert "\n" not in message
-    return message
 
 
 @pytest.fixture

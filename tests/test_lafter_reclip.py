@@ -7,16 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import build_seeded, trainer_cfg
+from tests.conftest import build_seeded, trainer_cfg, unit_vectors
 from fairclip.trainers.lafter import (prompt_init_bound, prompted_image_features, text_classifier_loss,
                                       text_training_set, train_text_classifier)
 from fairclip.trainers.reclip import (agreement_losses, class_subspace_projection, cluster_centroids,
                                       conjugate_gradient, knn_affinity, propagate_labels, reclip_epochs)
-
-
-def _unit(*shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(*shape, generator=g), dim=-1)
 
 
 # ---------------------------------------------------------------------------- LaFTer
@@ -41,7 +36,7 @@ def test_lafter_loss_is_label_smoothed_ce_as_lafter_writes_it():
 
 
 def test_lafter_text_phase_learns_and_its_noise_is_seeded():
-    feats, labels = _unit(30, 8), torch.arange(30) % 3
+    feats, labels = unit_vectors(30, 8), torch.arange(30) % 3
     feats = F.normalize(feats + 2.0 * F.one_hot(labels, 8).float(), dim=-1)  # separable classes
     weights = []
     for _ in range(2):
@@ -71,7 +66,7 @@ def test_lafter_prompts_enter_after_the_class_token(tiny_clip):
 
 # ---------------------------------------------------------------------------- ReCLIP
 def test_reclip_projection_keeps_the_class_span_without_its_first_direction():
-    emb = _unit(6, 16)
+    emb = unit_vectors(6, 16)
     p = class_subspace_projection(emb, 768)
     u = torch.linalg.svd(emb.t(), full_matrices=False)[0]
     assert torch.allclose(p, p.t(), atol=1e-6) and torch.allclose(p @ p, p, atol=1e-5)
@@ -94,7 +89,7 @@ def _dense_graph(points, k):
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
 def test_reclip_sparse_knn_graph_equals_the_dense_definition(chunk):
-    points = _unit(40, 8)
+    points = unit_vectors(40, 8)
     graph = knn_affinity(points, 5, chunk_rows=chunk)
     assert graph.is_sparse and graph._nnz() <= 2 * 40 * 5
     assert torch.allclose(graph.to_dense(), _dense_graph(points, 5), atol=1e-6)
@@ -104,7 +99,7 @@ def test_reclip_sparse_knn_graph_equals_the_dense_definition(chunk):
 def test_reclip_conjugate_gradient_is_scipys_iteration():
     from scipy.sparse.linalg import cg
 
-    dense = _dense_graph(_unit(30, 6, seed=1), 4).double()
+    dense = _dense_graph(unit_vectors(30, 6, seed=1), 4).double()
     a = torch.eye(30, dtype=torch.float64) - 0.99 * dense
     b = torch.zeros(30, 3, dtype=torch.float64)
     b[0, 0] = b[1, 1] = 1.0  # column 2 is zero: solved at once

@@ -7,17 +7,7 @@ import sys
 import pytest
 
 
-@pytest.fixture(scope="module")
-def two_datasets(tmp_path_factory):
-    from fairclip.tools.make_miniature_data import make_dtd, make_oxford_pets
-
-    root = str(tmp_path_factory.mktemp("data"))
-    make_oxford_pets(root, classes=3, per_class=4, size=32)
-    make_dtd(root, classes=3, per_class=4, size=32)
-    return root
-
-
-def test_slurm_launcher_runs_a_sweep_through_submitits_local_executor(two_datasets, tiny_clip, tmp_path, capsys,
+def test_slurm_launcher_runs_a_sweep_through_submitits_local_executor(mini_pets_dtd, tiny_clip, tmp_path, capsys,
                                                                        monkeypatch):
     from fairclip.tools.run_jobs import main
 
@@ -25,7 +15,7 @@ def test_slurm_launcher_runs_a_sweep_through_submitits_local_executor(two_datase
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # 4 jobs at once on a small machine
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # the launcher prepends the repository
     out = tmp_path / "output"
-    sweep = ["--datasets", "oxford_pets", "dtd", "--methods", "zsclip", "cupl", "--data", two_datasets,
+    sweep = ["--datasets", "oxford_pets", "dtd", "--methods", "zsclip", "cupl", "--data", mini_pets_dtd,
              "--output", str(out), "--partition", "P", "--gpus-per-job", "1", "--time-min", "10"]
     overrides = ["--", "MODEL.BACKBONE.PATH", tiny_clip, "DATALOADER.NUM_WORKERS", "0"]
     status = main(["--launcher", "submitit-local", "--seeds", "1", *sweep, *overrides])

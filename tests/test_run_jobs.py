@@ -42,23 +42,13 @@ def test_plan_skips_finished_runs(tmp_path):
         plan_jobs(["cars"], ["fair"], [1], str(tmp_path), "vit_b32")
 
 
-@pytest.fixture(scope="module")
-def mini_root(tmp_path_factory):
-    from fairclip.tools.make_miniature_data import make_dtd, make_oxford_pets
-
-    root = str(tmp_path_factory.mktemp("data"))
-    make_oxford_pets(root, classes=3, per_class=4, size=32)
-    make_dtd(root, classes=3, per_class=4, size=32)
-    return root
-
-
 def _run_jobs(*args):
     return run_cli([sys.executable, "-m", "tools.run_jobs", *map(str, args)], env={"OMP_NUM_THREADS": "1"})
 
 
-def test_runs_jobs_in_parallel_skips_them_after_and_reports_failures(mini_root, tiny_clip, tmp_path):
+def test_runs_jobs_in_parallel_skips_them_after_and_reports_failures(mini_pets_dtd, tiny_clip, tmp_path):
     out = tmp_path / "output"
-    common = ["--methods", "zsclip", "--gpus", "cpu:2", "--data", mini_root, "--output", out]
+    common = ["--methods", "zsclip", "--gpus", "cpu:2", "--data", mini_pets_dtd, "--output", out]
     res = _run_jobs("--datasets", "oxford_pets", "dtd", "--seeds", "1", *common,
                     "--", "MODEL.BACKBONE.PATH", tiny_clip, "DATALOADER.NUM_WORKERS", "0")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
