@@ -273,7 +273,7 @@ class ChatClient:
         self._opener = urllib.request.build_opener(*handlers, *([urllib.request.ProxyHandler({})] if local else []))
 
     def redact(self, text):
-        """``text`` with the API key (and any password in a URL) masked."""
+        """``text`` with the API key masked (URLs are shown through ``display_url``, which drops passwords)."""
         text = str(text)
         if self.api_key:
             text = text.replace(self.api_key, "***")
